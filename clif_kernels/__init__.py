@@ -1,0 +1,10 @@
+"""Fused CLIF and LIF spiking neurons for PyTorch (Huang et al., ICML 2024).
+
+    >>> import torch, clif_kernels
+    >>> spikes = clif_kernels.clif(torch.randn(8, 4, 16))
+"""
+from .functional import clif, lif
+from .options import BACKENDS, SURROGATES
+
+__version__ = "0.1.0"
+__all__ = ["clif", "lif", "BACKENDS", "SURROGATES", "__version__"]

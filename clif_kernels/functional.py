@@ -1,0 +1,107 @@
+"""The public functional API: `clif` and `lif` over a whole sequence `[T, *]`."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .backends import resolve_backend
+from .options import make_options
+from .reference import neuron_reference
+
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _check_state(name, state, x_seq):
+    if state is None:
+        return
+    if not isinstance(state, torch.Tensor):
+        raise TypeError(f"{name} must be a tensor or None, got {type(state).__name__}")
+    if state.shape != x_seq.shape[1:]:
+        raise ValueError(f"{name} must have the shape of x_seq[0], {tuple(x_seq.shape[1:])}; "
+                         f"got {tuple(state.shape)}")
+    if state.dtype != x_seq.dtype:
+        raise TypeError(f"{name} must have the dtype of x_seq, {x_seq.dtype}; got {state.dtype}")
+    if state.device != x_seq.device:
+        raise ValueError(f"{name} must be on the device of x_seq, {x_seq.device}; "
+                         f"got {state.device}")
+
+
+def _fused_ops(backend):
+    from . import ops
+    return {"triton": ops.triton_fwd}[backend]
+
+
+def _run(x_seq, is_clif, v0, m0, return_state, backend, **params):
+    if not isinstance(x_seq, torch.Tensor):
+        raise TypeError(f"x_seq must be a tensor, got {type(x_seq).__name__}")
+    if x_seq.dim() < 1:
+        raise ValueError("x_seq must have at least one dimension (time first: [T, *])")
+    if x_seq.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"x_seq must be a floating tensor (float16, bfloat16, float32, float64); "
+                        f"got {x_seq.dtype}")
+    if not isinstance(return_state, bool):
+        raise TypeError(f"return_state must be a bool, got {type(return_state).__name__}")
+    opts = make_options(**params)
+    _check_state("v0", v0, x_seq)
+    _check_state("m0", m0, x_seq)
+    name = resolve_backend(backend, x_seq.device, x_seq.dtype)
+    if name == "torch":
+        spikes, vT, mT = neuron_reference(x_seq, opts, clif=is_clif, v0=v0, m0=m0)
+    else:
+        T, shape = x_seq.shape[0], x_seq.shape[1:]
+        N = math.prod(shape)
+        needs_grad = torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (x_seq, v0, m0))
+        spikes, vT, mT, _ = _fused_ops(name)(
+            x_seq.reshape(T, N).contiguous(),
+            None if v0 is None else v0.reshape(N).contiguous(),
+            None if m0 is None or not is_clif else m0.reshape(N).contiguous(),
+            opts.tau, opts.v_threshold, opts.v_reset, opts.decay_input, is_clif, needs_grad,
+            opts.surrogate_id, opts.alpha, opts.detach_reset)
+        spikes = spikes.view(x_seq.shape)
+        vT = vT.view(shape)
+        mT = mT.view(shape) if is_clif else None
+    if not return_state:
+        return spikes
+    return (spikes, vT, mT) if is_clif else (spikes, vT)
+
+
+def clif(x_seq, *, tau=2.0, v_threshold=1.0, v_reset=None, decay_input=False,
+         surrogate="rectangle", alpha=None, detach_reset=False, v0=None, m0=None,
+         return_state=False, backend="auto"):
+    """CLIF neuron over a whole sequence.
+
+    Args:
+        x_seq: `[T, *]` input current, float16/bfloat16/float32/float64.
+        tau, v_threshold, v_reset, decay_input, surrogate, alpha, detach_reset: as in
+            `clif-spec.md`; `v_reset=None` is the soft reset, `alpha=None` the surrogate's default.
+        v0, m0: `[*]` initial membrane and complementary potentials (default: the spec's).
+        return_state: also return the final states.
+        backend: "auto", "torch", "triton", "cuda" or "cpp".
+
+    Returns:
+        spikes `[T, *]` in x_seq's dtype, or `(spikes, vT, mT)` with `return_state=True`.
+
+    Example:
+        >>> x = torch.randn(8, 32, 128)
+        >>> s, vT, mT = clif(x, return_state=True)
+    """
+    return _run(x_seq, True, v0, m0, return_state, backend, tau=tau, v_threshold=v_threshold,
+                v_reset=v_reset, decay_input=decay_input, surrogate=surrogate, alpha=alpha,
+                detach_reset=detach_reset)
+
+
+def lif(x_seq, *, tau=2.0, v_threshold=1.0, v_reset=None, decay_input=False,
+        surrogate="rectangle", alpha=None, detach_reset=False, v0=None, return_state=False,
+        backend="auto"):
+    """LIF neuron over a whole sequence: `clif` without the complementary potential.
+
+    Returns spikes `[T, *]`, or `(spikes, vT)` with `return_state=True`.
+
+    Example:
+        >>> s = lif(torch.randn(8, 1000), tau=2.0, v_reset=0.0)
+    """
+    return _run(x_seq, False, v0, None, return_state, backend, tau=tau,
+                v_threshold=v_threshold, v_reset=v_reset, decay_input=decay_input,
+                surrogate=surrogate, alpha=alpha, detach_reset=detach_reset)

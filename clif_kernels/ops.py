@@ -1,0 +1,98 @@
+"""torch.library registration of the fused kernels, with fake (meta) kernels and autograd.
+
+Each fused backend registers two ops on the flattened problem `x: [T, N]`:
+`clif_kernels::<backend>_fwd` -> (spikes [T, N], vT [N], mT [N] or [0], ckpt [C, 2, N] fp32) and
+`clif_kernels::<backend>_bwd` -> (grad_x [T, N], grad_v0 [N] or [0], grad_m0 [N] or [0]).
+The autograd formula is shared: the forward op saves `x`, the initial states and the checkpoints,
+and the backward op recomputes everything else.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from . import triton_kernels
+
+
+
+def _fwd_fake(x, v0, m0, tau, v_threshold, v_reset, decay_input, is_clif, save, n_ckpt):
+    T, N = x.shape
+    return (torch.empty_like(x), x.new_empty((N,)), x.new_empty((N if is_clif else 0,)),
+            x.new_empty((n_ckpt if save else 0, 2, N), dtype=torch.float32))
+
+
+def _bwd_fake(x, v0, m0, is_clif):
+    N = x.shape[1]
+    return (torch.empty_like(x), x.new_empty((N if v0 is not None else 0,)),
+            x.new_empty((N if (m0 is not None and is_clif) else 0,)))
+
+
+def register_autograd(fwd_op, bwd_op):
+    """Attach the shared backward to a backend's forward op."""
+
+    def setup_context(ctx, inputs, output):
+        x, v0, m0, tau, v_threshold, v_reset, decay_input, is_clif, save = inputs[:9]
+        surrogate, alpha, detach_reset = inputs[9:12]
+        ctx.save_for_backward(x, v0, m0, output[3])
+        ctx.params = (tau, v_threshold, v_reset, decay_input, surrogate, alpha, detach_reset,
+                      is_clif)
+        ctx.has_v0, ctx.has_m0 = v0 is not None, m0 is not None
+        # Unused outputs (vT, mT) then arrive as None and the kernel skips their loads.
+        ctx.set_materialize_grads(False)
+
+    def backward(ctx, grad_spikes, grad_vT, grad_mT, _grad_ckpt):
+        x, v0, m0, ckpt = ctx.saved_tensors
+        tau, v_threshold, v_reset, decay_input, surrogate, alpha, detach_reset, is_clif = ctx.params
+        gx, gv0, gm0 = bwd_op(x, v0, m0, ckpt, _contig(grad_spikes), _contig(grad_vT),
+                              _contig(grad_mT), tau, v_threshold, v_reset, decay_input,
+                              surrogate, alpha, detach_reset, is_clif)
+        return (gx, gv0 if ctx.has_v0 else None, gm0 if (ctx.has_m0 and is_clif) else None,
+                None, None, None, None, None, None, None, None, None)
+
+    torch.library.register_autograd(fwd_op, backward, setup_context=setup_context)
+
+
+def _contig(t: Optional[Tensor]) -> Optional[Tensor]:
+    return None if t is None else t.contiguous()
+
+
+# ---------------------------------------------------------------------------------------------
+# Triton backend. The op's signature carries the surrogate and detach flag too, although the
+# forward does not use them, so that setup_context can hand them to the backward.
+
+@torch.library.custom_op("clif_kernels::triton_fwd", mutates_args=())
+def triton_fwd(x: Tensor, v0: Optional[Tensor], m0: Optional[Tensor], tau: float,
+               v_threshold: float, v_reset: Optional[float], decay_input: bool, is_clif: bool,
+               save: bool, surrogate: int, alpha: float,
+               detach_reset: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    return triton_kernels.clif_fwd(x, v0, m0, tau, v_threshold, v_reset, decay_input, is_clif,
+                                   save)
+
+
+@triton_fwd.register_fake
+def _(x, v0, m0, tau, v_threshold, v_reset, decay_input, is_clif, save, surrogate, alpha,
+      detach_reset):
+    return _fwd_fake(x, v0, m0, tau, v_threshold, v_reset, decay_input, is_clif, save,
+                     triton_kernels.n_checkpoints(x.shape[0]))
+
+
+@torch.library.custom_op("clif_kernels::triton_bwd", mutates_args=())
+def triton_bwd(x: Tensor, v0: Optional[Tensor], m0: Optional[Tensor], ckpt: Tensor,
+               grad_spikes: Optional[Tensor], grad_vT: Optional[Tensor],
+               grad_mT: Optional[Tensor], tau: float, v_threshold: float,
+               v_reset: Optional[float], decay_input: bool, surrogate: int, alpha: float,
+               detach_reset: bool, is_clif: bool) -> Tuple[Tensor, Tensor, Tensor]:
+    return triton_kernels.clif_bwd(x, v0, m0, ckpt, grad_spikes, grad_vT, grad_mT, tau,
+                                   v_threshold, v_reset, decay_input, surrogate, alpha,
+                                   detach_reset, is_clif)
+
+
+@triton_bwd.register_fake
+def _(x, v0, m0, ckpt, grad_spikes, grad_vT, grad_mT, tau, v_threshold, v_reset, decay_input,
+      surrogate, alpha, detach_reset, is_clif):
+    return _bwd_fake(x, v0, m0, is_clif)
+
+
+register_autograd(triton_fwd, triton_bwd)

@@ -1,0 +1,87 @@
+"""Validation of the neuron's keyword arguments, shared by every backend.
+
+Every backend receives the same normalised `NeuronOptions`, so a bad argument is rejected once,
+with its name, before any kernel runs.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+# Index of each surrogate in the kernels' compile-time switch, and the paper's default alpha.
+SURROGATES = {"rectangle": 0, "sigmoid": 1, "atan": 2, "triangle": 3}
+DEFAULT_ALPHA = {"rectangle": 1.0, "sigmoid": 4.0, "atan": 2.0, "triangle": 1.0}
+BACKENDS = ("auto", "torch", "triton", "cuda", "cpp")
+
+
+@dataclass(frozen=True)
+class NeuronOptions:
+    """The spec's parameters after validation; `alpha` is never None here."""
+
+    tau: float = 2.0
+    v_threshold: float = 1.0
+    v_reset: Optional[float] = None
+    decay_input: bool = False
+    surrogate: str = "rectangle"
+    alpha: float = 1.0
+    detach_reset: bool = False
+
+    @property
+    def hard_reset(self) -> bool:
+        return self.v_reset is not None
+
+    @property
+    def surrogate_id(self) -> int:
+        return SURROGATES[self.surrogate]
+
+    @property
+    def v_init(self) -> float:
+        """The membrane potential before step 0 when no `v0` is given."""
+        return 0.0 if self.v_reset is None else self.v_reset
+
+    def constants(self):
+        """(gamma, c, b) of the charge h = gamma * v + c * x + b."""
+        gamma = 1.0 - 1.0 / self.tau
+        c = 1.0 / self.tau if self.decay_input else 1.0
+        b = self.v_reset / self.tau if self.hard_reset else 0.0
+        return gamma, c, b
+
+
+def _finite_float(name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    return value
+
+
+def _flag(name, value):
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+    return value
+
+
+def make_options(tau=2.0, v_threshold=1.0, v_reset=None, decay_input=False,
+                 surrogate="rectangle", alpha=None, detach_reset=False) -> NeuronOptions:
+    """Check the spec's keyword arguments and fill in the surrogate's default alpha."""
+    tau = _finite_float("tau", tau)
+    if tau <= 0.0:
+        raise ValueError(f"tau must be > 0, got {tau}")
+    v_threshold = _finite_float("v_threshold", v_threshold)
+    if v_reset is not None:
+        v_reset = _finite_float("v_reset", v_reset)
+    if not isinstance(surrogate, str):
+        raise TypeError(f"surrogate must be a string, one of {sorted(SURROGATES)}; "
+                        f"got {type(surrogate).__name__}")
+    key = surrogate.lower()
+    if key not in SURROGATES:
+        raise ValueError(f"surrogate must be one of {sorted(SURROGATES)}, got {surrogate!r}")
+    if alpha is None:
+        alpha = DEFAULT_ALPHA[key]
+    alpha = _finite_float("alpha", alpha)
+    if alpha <= 0.0:
+        raise ValueError(f"alpha must be > 0, got {alpha}")
+    return NeuronOptions(tau, v_threshold, v_reset, _flag("decay_input", decay_input), key,
+                         alpha, _flag("detach_reset", detach_reset))

@@ -1,0 +1,102 @@
+"""Pure PyTorch reference of the CLIF and LIF neurons: an explicit loop over time.
+
+This is the implementation every fused backend is tested against, and the fallback backend
+("torch"). It follows `clif-spec.md` line by line; its backward is plain autograd through the loop,
+with the surrogate derivative supplied by `SpikeFn`.
+
+Shapes: `x_seq: [T, *]`, `v0, m0: [*]`, spikes `[T, *]`, `vT, mT: [*]`.
+State is kept in float32 (float64 when the input is float64), whatever the storage dtype.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .options import NeuronOptions
+
+
+def surrogate_grad(z: torch.Tensor, surrogate: str, alpha: float) -> torch.Tensor:
+    """sigma'(z): the derivative the spike pretends to have at z = h - v_threshold."""
+    if surrogate == "rectangle":
+        return (z.abs() <= alpha / 2).to(z.dtype) / alpha
+    if surrogate == "sigmoid":
+        g = torch.sigmoid(alpha * z)
+        return alpha * g * (1 - g)
+    if surrogate == "atan":
+        return (alpha / 2) / (1 + (math.pi / 2 * alpha * z) ** 2)
+    if surrogate == "triangle":
+        return torch.clamp(1 / alpha - z.abs() / alpha ** 2, min=0)
+    raise ValueError(f"unknown surrogate {surrogate!r}")
+
+
+class SpikeFn(torch.autograd.Function):
+    """Heaviside step s = (h >= threshold) whose backward is the surrogate derivative."""
+
+    @staticmethod
+    def forward(ctx, h, v_threshold, surrogate, alpha):
+        ctx.save_for_backward(h)
+        ctx.params = (v_threshold, surrogate, alpha)
+        return (h >= v_threshold).to(h.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_s):
+        (h,) = ctx.saved_tensors
+        v_threshold, surrogate, alpha = ctx.params
+        return grad_s * surrogate_grad(h - v_threshold, surrogate, alpha), None, None, None
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def neuron_reference(x_seq, opts: NeuronOptions, *, clif=True, v0=None, m0=None, return_h=False):
+    """Run the neuron over all T steps.
+
+    Args:
+        x_seq: `[T, *]` input current.
+        opts: validated parameters (see `options.make_options`).
+        clif: CLIF when True, LIF (no complementary potential) when False.
+        v0, m0: `[*]` initial states, or None for the spec's defaults.
+        return_h: also return the charged potentials `h_seq: [T, *]` (in compute dtype), which the
+            tests use to find neurons whose spikes sit within rounding of the threshold.
+
+    Returns:
+        `(spikes [T, *] in x_seq.dtype, vT, mT)` with states in x_seq.dtype (`mT` is None for LIF),
+        followed by `h_seq` when `return_h`.
+
+    Example:
+        >>> from clif_kernels.options import make_options
+        >>> s, vT, mT = neuron_reference(torch.randn(4, 10), make_options())
+    """
+    cdt = compute_dtype(x_seq.dtype)
+    gamma, c, b = opts.constants()
+    th = opts.v_threshold
+    shape = x_seq.shape[1:]
+    v = (v0.to(cdt) if v0 is not None
+         else torch.full(shape, opts.v_init, dtype=cdt, device=x_seq.device))
+    m = (m0.to(cdt) if m0 is not None else torch.zeros(shape, dtype=cdt, device=x_seq.device))
+    spikes, hs = [], []
+    for t in range(x_seq.shape[0]):
+        h = gamma * v + c * x_seq[t].to(cdt) + b
+        s = SpikeFn.apply(h, th, opts.surrogate, opts.alpha)
+        s_reset = s.detach() if opts.detach_reset else s
+        if opts.hard_reset:
+            v = (1 - s_reset) * h + s_reset * opts.v_reset
+        else:
+            v = h - s_reset * th
+        if clif:
+            a = torch.sigmoid(h / opts.tau)
+            m = m * a + s
+            v = v - s_reset * torch.sigmoid(m)
+        spikes.append(s)
+        hs.append(h)
+    if spikes:
+        spikes = torch.stack(spikes).to(x_seq.dtype)
+    else:
+        spikes = torch.empty_like(x_seq)
+    out = (spikes, v.to(x_seq.dtype), m.to(x_seq.dtype) if clif else None)
+    if return_h:
+        h_seq = torch.stack(hs) if hs else torch.empty(x_seq.shape, dtype=cdt, device=x_seq.device)
+        out = out + (h_seq,)
+    return out

@@ -1,0 +1,257 @@
+"""Fused Triton kernels: the whole CLIF/LIF recurrence in one launch forward, one launch backward.
+
+Layout: the input is viewed as `[T, N]` (N = neurons = product of the non-time dimensions), row t
+contiguous. Each program owns BLOCK neurons and loops over time with `v` and `m` in fp32 registers.
+
+Memory for the backward: the forward saves nothing of its own but a checkpoint of `(v, m)` every
+`CKPT_EVERY` steps after the first segment; the backward keeps the input `x` (which autograd holds
+anyway as the op's input) and recomputes each segment of CKPT_EVERY steps into a register tile
+before walking it in reverse. For T <= CKPT_EVERY the saved bytes are exactly those of `x`.
+
+Naming: `*_kernel` is the Triton kernel, `clif_fwd`/`clif_bwd` the launchers, `b_` a block value,
+`p_` a block of pointers.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+# Steps per recomputed segment. 8 keeps the two fp32 tiles of the backward at 2 * 8 values per
+# neuron (64 registers per thread at 4 neurons per thread), and covers the common T = 4..8 with
+# no checkpoint at all.
+CKPT_EVERY = 8
+FWD_BLOCK, FWD_WARPS = 1024, 4
+BWD_BLOCK, BWD_WARPS = 512, 4
+
+
+@triton.jit
+def _sigmoid(z):
+    return 1.0 / (1.0 + tl.exp(-z))
+
+
+@triton.jit
+def _neuron_step(b_v, b_m, b_x, gamma, c, b, inv_tau, th, v_reset,
+                 HARD_RESET: tl.constexpr, IS_CLIF: tl.constexpr):
+    """One step of the spec's forward. The backward calls this same function when it recomputes,
+    so both kernels round identically and see the same spikes."""
+    b_h = gamma * b_v + c * b_x + b
+    b_s = tl.where(b_h >= th, 1.0, 0.0)
+    if HARD_RESET:
+        b_vn = (1.0 - b_s) * b_h + b_s * v_reset
+    else:
+        b_vn = b_h - b_s * th
+    if IS_CLIF:
+        b_a = _sigmoid(b_h * inv_tau)
+        b_m = b_m * b_a + b_s
+        b_vn = b_vn - b_s * _sigmoid(b_m)
+    return b_h, b_s, b_vn, b_m
+
+
+@triton.jit
+def _surrogate_grad(z, alpha, SURROGATE: tl.constexpr):
+    """sigma'(z) for 0 rectangle, 1 sigmoid, 2 atan, 3 triangle (spec, Backward)."""
+    if SURROGATE == 0:
+        g = tl.where(tl.abs(z) <= 0.5 * alpha, 1.0 / alpha, 0.0)
+    elif SURROGATE == 1:
+        sg = _sigmoid(alpha * z)
+        g = alpha * sg * (1.0 - sg)
+    elif SURROGATE == 2:
+        w = 1.5707963267948966 * alpha * z
+        g = 0.5 * alpha / (1.0 + w * w)
+    else:
+        g = tl.maximum(1.0 / alpha - tl.abs(z) / (alpha * alpha), 0.0)
+    return g
+
+
+@triton.jit
+def _initial_state(ptr, p_n, mask, value, HAS: tl.constexpr, BLOCK: tl.constexpr):
+    if HAS:
+        b = tl.load(ptr + p_n, mask=mask, other=0.0).to(tl.float32)
+    else:
+        b = tl.zeros([BLOCK], dtype=tl.float32) + value
+    return b
+
+
+@triton.jit
+def clif_fwd_kernel(x_ptr, v0_ptr, m0_ptr, s_ptr, vT_ptr, mT_ptr, ckpt_ptr, T, N,
+                    gamma, c, b, inv_tau, th, v_reset, v_init,
+                    HAS_V0: tl.constexpr, HAS_M0: tl.constexpr, HARD_RESET: tl.constexpr,
+                    IS_CLIF: tl.constexpr, SAVE_CKPT: tl.constexpr, K: tl.constexpr,
+                    BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    # int64 neuron index: T * N may pass 2^31, and every address below is p_n + t * N.
+    p_n = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = p_n < N
+    b_v = _initial_state(v0_ptr, p_n, mask, v_init, HAS_V0, BLOCK)
+    b_m = _initial_state(m0_ptr, p_n, mask, 0.0, HAS_M0, BLOCK)
+    p_x = x_ptr + p_n
+    p_s = s_ptr + p_n
+    p_ck = ckpt_ptr + p_n
+    for t in range(0, T):
+        if SAVE_CKPT:
+            if t > 0 and t % K == 0:
+                tl.store(p_ck, b_v, mask=mask)
+                tl.store(p_ck + N, b_m, mask=mask)
+                p_ck += 2 * N
+        b_x = tl.load(p_x, mask=mask, other=0.0).to(tl.float32)
+        b_h, b_s, b_v, b_m = _neuron_step(b_v, b_m, b_x, gamma, c, b, inv_tau, th, v_reset,
+                                          HARD_RESET, IS_CLIF)
+        tl.store(p_s, b_s.to(s_ptr.dtype.element_ty), mask=mask)
+        p_x += N
+        p_s += N
+    tl.store(vT_ptr + p_n, b_v.to(vT_ptr.dtype.element_ty), mask=mask)
+    if IS_CLIF:
+        tl.store(mT_ptr + p_n, b_m.to(mT_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def clif_bwd_kernel(x_ptr, v0_ptr, m0_ptr, ckpt_ptr, gs_ptr, gvT_ptr, gmT_ptr,
+                    gx_ptr, gv0_ptr, gm0_ptr, T, N,
+                    gamma, c, b, inv_tau, th, v_reset, v_init, alpha,
+                    HAS_V0: tl.constexpr, HAS_M0: tl.constexpr, HAS_GS: tl.constexpr,
+                    HAS_GVT: tl.constexpr, HAS_GMT: tl.constexpr, HARD_RESET: tl.constexpr,
+                    IS_CLIF: tl.constexpr, DETACH_RESET: tl.constexpr, SURROGATE: tl.constexpr,
+                    K: tl.constexpr, BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    p_n = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = p_n < N
+    b_gv = _initial_state(gvT_ptr, p_n, mask, 0.0, HAS_GVT, BLOCK)
+    b_gm = _initial_state(gmT_ptr, p_n, mask, 0.0, HAS_GMT, BLOCK)
+    # Row index of the [K, BLOCK] tiles; each thread holds all K rows of its neurons, so the
+    # selects below stay inside a thread.
+    rows = tl.arange(0, K)[:, None]
+    zero64 = tl.zeros([BLOCK], dtype=tl.int64)
+    n_seg = tl.cdiv(T, K)
+    for jj in range(0, n_seg):
+        j = n_seg - 1 - jj
+        t0 = j * K
+        # State before the segment: the initial state, or the forward's checkpoint.
+        if j == 0:
+            b_v = _initial_state(v0_ptr, p_n, mask, v_init, HAS_V0, BLOCK)
+            b_m = _initial_state(m0_ptr, p_n, mask, 0.0, HAS_M0, BLOCK)
+        else:
+            p_ck = ckpt_ptr + (zero64 + 2 * (j - 1)) * N + p_n
+            b_v = tl.load(p_ck, mask=mask, other=0.0)
+            b_m = tl.load(p_ck + N, mask=mask, other=0.0)
+        # Recompute h_t and m_{t-1} for the segment: these two are all the backward needs.
+        b_H = tl.zeros([K, BLOCK], dtype=tl.float32)
+        b_MP = tl.zeros([K, BLOCK], dtype=tl.float32)
+        for t in tl.static_range(K):
+            if t0 + t < T:
+                b_x = tl.load(x_ptr + (zero64 + t0 + t) * N + p_n, mask=mask,
+                              other=0.0).to(tl.float32)
+                b_MP = tl.where(rows == t, b_m[None, :], b_MP)
+                b_h, b_s, b_v, b_m = _neuron_step(b_v, b_m, b_x, gamma, c, b, inv_tau, th,
+                                                  v_reset, HARD_RESET, IS_CLIF)
+                b_H = tl.where(rows == t, b_h[None, :], b_H)
+        # Walk the segment backwards (spec, Backward).
+        for tt in tl.static_range(K):
+            t = K - 1 - tt
+            if t0 + t < T:
+                off = (zero64 + t0 + t) * N + p_n
+                b_h = tl.sum(tl.where(rows == t, b_H, 0.0), axis=0)
+                b_s = tl.where(b_h >= th, 1.0, 0.0)
+                if HAS_GS:
+                    b_gs = tl.load(gs_ptr + off, mask=mask, other=0.0).to(tl.float32)
+                else:
+                    b_gs = tl.zeros([BLOCK], dtype=tl.float32)
+                if IS_CLIF:
+                    b_mp = tl.sum(tl.where(rows == t, b_MP, 0.0), axis=0)
+                    b_a = _sigmoid(b_h * inv_tau)
+                    b_r = _sigmoid(b_mp * b_a + b_s)
+                    b_gm1 = b_gm - b_gv * b_s * b_r * (1.0 - b_r)
+                else:
+                    b_r = tl.zeros([BLOCK], dtype=tl.float32)
+                    b_gm1 = tl.zeros([BLOCK], dtype=tl.float32)
+                if DETACH_RESET:
+                    b_gs1 = b_gs + b_gm1
+                else:
+                    if HARD_RESET:
+                        b_dvds = v_reset - b_h - b_r
+                    else:
+                        b_dvds = -th - b_r
+                    b_gs1 = b_gs + b_gv * b_dvds + b_gm1
+                if HARD_RESET:
+                    b_gh = b_gv * (1.0 - b_s)
+                else:
+                    b_gh = b_gv
+                b_gh += b_gs1 * _surrogate_grad(b_h - th, alpha, SURROGATE)
+                if IS_CLIF:
+                    b_gh += b_gm1 * b_mp * b_a * (1.0 - b_a) * inv_tau
+                    b_gm = b_gm1 * b_a
+                tl.store(gx_ptr + off, (c * b_gh).to(gx_ptr.dtype.element_ty), mask=mask)
+                b_gv = gamma * b_gh
+    if HAS_V0:
+        tl.store(gv0_ptr + p_n, b_gv.to(gv0_ptr.dtype.element_ty), mask=mask)
+    if HAS_M0:
+        tl.store(gm0_ptr + p_n, b_gm.to(gm0_ptr.dtype.element_ty), mask=mask)
+
+
+def _empty(shape, dtype, device):
+    """Allocation of every kernel output; the tests replace it with a NaN-filled one to prove
+    that the kernels write every element they return."""
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def _scalars(tau, v_threshold, v_reset, decay_input):
+    gamma = 1.0 - 1.0 / tau
+    c = 1.0 / tau if decay_input else 1.0
+    hard = v_reset is not None
+    b = v_reset / tau if hard else 0.0
+    vr = v_reset if hard else 0.0
+    return gamma, c, b, 1.0 / tau, v_threshold, vr, vr
+
+
+def n_checkpoints(T: int) -> int:
+    """Number of (v, m) checkpoints the forward stores for a sequence of T steps."""
+    return max(-(-T // CKPT_EVERY) - 1, 0)
+
+
+def clif_fwd(x, v0, m0, tau, v_threshold, v_reset, decay_input, is_clif, save):
+    """Launch the forward on `x: [T, N]` (contiguous). Returns `(spikes [T, N], vT [N], mT [N] or
+    [0], ckpt [n_checkpoints(T), 2, N] fp32 or [0, 2, N])`."""
+    T, N = x.shape
+    spikes = _empty(x.shape, x.dtype, x.device)
+    vT = _empty((N,), x.dtype, x.device)
+    mT = _empty((N if is_clif else 0,), x.dtype, x.device)
+    n_ck = n_checkpoints(T) if save else 0
+    ckpt = _empty((n_ck, 2, N), torch.float32, x.device)
+    if N == 0:
+        return spikes, vT, mT, ckpt
+    grid = (triton.cdiv(N, FWD_BLOCK),)
+    clif_fwd_kernel[grid](
+        x, v0 if v0 is not None else x, m0 if m0 is not None else x, spikes, vT,
+        mT if is_clif else vT, ckpt if n_ck else x, T, N,
+        *_scalars(tau, v_threshold, v_reset, decay_input),
+        HAS_V0=v0 is not None, HAS_M0=m0 is not None and is_clif,
+        HARD_RESET=v_reset is not None, IS_CLIF=is_clif, SAVE_CKPT=n_ck > 0,
+        K=CKPT_EVERY, BLOCK=FWD_BLOCK, num_warps=FWD_WARPS)
+    return spikes, vT, mT, ckpt
+
+
+def clif_bwd(x, v0, m0, ckpt, grad_spikes, grad_vT, grad_mT, tau, v_threshold, v_reset,
+             decay_input, surrogate, alpha, detach_reset, is_clif):
+    """Launch the backward. Gradients that are None count as zero. Returns `(grad_x [T, N],
+    grad_v0 [N] or [0], grad_m0 [N] or [0])`."""
+    T, N = x.shape
+    gx = _empty(x.shape, x.dtype, x.device)
+    gv0 = _empty((N if v0 is not None else 0,), x.dtype, x.device)
+    has_m0 = m0 is not None and is_clif
+    gm0 = _empty((N if has_m0 else 0,), x.dtype, x.device)
+    if N == 0:
+        return gx, gv0, gm0
+    grid = (triton.cdiv(N, BWD_BLOCK),)
+    gamma, c, b, inv_tau, th, vr, v_init = _scalars(tau, v_threshold, v_reset, decay_input)
+    clif_bwd_kernel[grid](
+        x, v0 if v0 is not None else x, m0 if has_m0 else x, ckpt if ckpt.numel() else x,
+        grad_spikes if grad_spikes is not None else x,
+        grad_vT if grad_vT is not None else x,
+        grad_mT if (grad_mT is not None and is_clif) else x,
+        gx, gv0 if v0 is not None else gx, gm0 if has_m0 else gx, T, N,
+        gamma, c, b, inv_tau, th, vr, v_init, alpha,
+        HAS_V0=v0 is not None, HAS_M0=has_m0, HAS_GS=grad_spikes is not None,
+        HAS_GVT=grad_vT is not None, HAS_GMT=grad_mT is not None and is_clif,
+        HARD_RESET=v_reset is not None, IS_CLIF=is_clif, DETACH_RESET=detach_reset,
+        SURROGATE=surrogate, K=CKPT_EVERY, BLOCK=BWD_BLOCK, num_warps=BWD_WARPS)
+    return gx, gv0, gm0
