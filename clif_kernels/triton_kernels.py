@@ -18,11 +18,12 @@ import triton
 import triton.language as tl
 
 # Steps per recomputed segment. 8 keeps the two fp32 tiles of the backward at 2 * 8 values per
-# neuron (64 registers per thread at 4 neurons per thread), and covers the common T = 4..8 with
-# no checkpoint at all.
+# neuron, and covers the common T = 4..8 with no checkpoint at all.
 CKPT_EVERY = 8
 FWD_BLOCK, FWD_WARPS = 1024, 4
-BWD_BLOCK, BWD_WARPS = 512, 4
+# Two neurons per thread in the backward: at four, ptxas gave up to 159 registers (sm_90),
+# which caps occupancy at 3 blocks of 128 threads per SM.
+BWD_BLOCK, BWD_WARPS = 256, 4
 
 
 @triton.jit

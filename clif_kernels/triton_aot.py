@@ -1,0 +1,113 @@
+"""Compile the Triton kernels for real GPU targets without a GPU.
+
+The interpreter accepts programs that the real compiler rejects (wrong layouts, bad casts,
+unsupported ops), so CI compiles every branch of both kernels for sm_90 and sm_80 here.
+Run as `python -m clif_kernels.triton_aot 90 80`; it must not run under TRITON_INTERPRET=1.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+import tempfile
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from . import triton_kernels as tk
+
+_FWD_FLAGS = ("HAS_V0", "HAS_M0", "HARD_RESET", "IS_CLIF", "SAVE_CKPT")
+_BWD_FLAGS = ("HAS_V0", "HAS_M0", "HAS_GS", "HAS_GVT", "HAS_GMT", "HARD_RESET", "IS_CLIF",
+              "DETACH_RESET")
+
+
+def _signature(fn, constexprs, dtype):
+    sig = {}
+    for name in fn.arg_names:
+        if name in constexprs:
+            sig[name] = "constexpr"
+        elif name.endswith("_ptr"):
+            sig[name] = "*fp32" if name == "ckpt_ptr" else f"*{dtype}"
+        elif name in ("T", "N"):
+            sig[name] = "i64"
+        else:
+            sig[name] = "fp32"
+    return sig
+
+
+def variants():
+    """(kernel, constexprs, storage dtype) triples that together take every branch: each
+    combination of the flags that change the arithmetic, with the presence flags (optional
+    inputs and gradients) all on or all off in turn."""
+    out = []
+    for i, (hard, clif) in enumerate(itertools.product([False, True], repeat=2)):
+        for present in (False, True):
+            ce = dict(HAS_V0=present, HAS_M0=present, SAVE_CKPT=present, HARD_RESET=hard,
+                      IS_CLIF=clif, K=tk.CKPT_EVERY, BLOCK=tk.FWD_BLOCK)
+            out.append((tk.clif_fwd_kernel, ce, "fp32"))
+    for i, (hard, clif, detach, surrogate) in enumerate(
+            itertools.product([False, True], [False, True], [False, True], range(4))):
+        present = i % 2 == 0
+        ce = dict(HAS_V0=present, HAS_M0=present, HAS_GS=present, HAS_GVT=present,
+                  HAS_GMT=present, HARD_RESET=hard, IS_CLIF=clif, DETACH_RESET=detach,
+                  SURROGATE=surrogate, K=tk.CKPT_EVERY, BLOCK=tk.BWD_BLOCK)
+        out.append((tk.clif_bwd_kernel, ce, "fp32"))
+    for dtype in ("bf16", "fp16"):
+        out.append((tk.clif_fwd_kernel, dict(zip(_FWD_FLAGS, [True] * 5), K=tk.CKPT_EVERY,
+                                             BLOCK=tk.FWD_BLOCK), dtype))
+        out.append((tk.clif_bwd_kernel, dict(zip(_BWD_FLAGS, [True] * 8), SURROGATE=1,
+                                             K=tk.CKPT_EVERY, BLOCK=tk.BWD_BLOCK), dtype))
+    return out
+
+
+def _resource_usage(cubin: bytes):
+    """(registers, spill stores) that cuobjdump reports for a cubin, or None if it is missing."""
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin",
+                        "cuobjdump")
+    if not os.path.exists(tool):
+        return None
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        text = subprocess.run([tool, "--dump-resource-usage", f.name], capture_output=True,
+                              text=True).stdout
+    regs = spill = None
+    for token in text.replace(",", " ").split():
+        if token.startswith("REG:"):
+            regs = int(token[4:])
+        elif token.startswith("STACK:"):
+            spill = int(token[6:])
+    return regs, spill
+
+
+def compile_all(arch: int):
+    """Compile every variant for sm_<arch>; returns rows (kernel, dtype, flags, regs, stack)."""
+    target = GPUTarget("cuda", arch, 32)
+    rows = []
+    for fn, ce, dtype in variants():
+        warps = tk.FWD_WARPS if fn is tk.clif_fwd_kernel else tk.BWD_WARPS
+        src = ASTSource(fn=fn, signature=_signature(fn, ce, dtype), constexprs=ce)
+        kernel = triton.compile(src, target=target, options={"num_warps": warps})
+        usage = _resource_usage(kernel.asm["cubin"]) or (None, None)
+        flags = ",".join(k for k, v in ce.items() if v is True)
+        if "SURROGATE" in ce:
+            flags += f",SURROGATE={ce['SURROGATE']}"
+        rows.append((fn.__name__, dtype, flags.strip(",") or "-", *usage))
+    return rows
+
+
+def main(argv):
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        sys.exit("run without TRITON_INTERPRET=1: the interpreter does not compile")
+    for arch in [int(a) for a in argv] or [90, 80]:
+        rows = compile_all(arch)
+        worst = max((r[3] or 0) for r in rows)
+        stack = max((r[4] or 0) for r in rows)
+        print(f"sm_{arch}: compiled {len(rows)} kernels; at most {worst} registers per thread, "
+              f"at most {stack} bytes of stack")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

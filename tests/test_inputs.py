@@ -1,0 +1,78 @@
+"""Bad input gets a clear error naming the argument."""
+import pytest
+import torch
+
+import clif_kernels
+
+
+def test_rejects_non_tensor():
+    with pytest.raises(TypeError, match="x_seq"):
+        clif_kernels.clif([1.0, 2.0])
+
+
+def test_rejects_zero_dim():
+    with pytest.raises(ValueError, match="x_seq"):
+        clif_kernels.clif(torch.tensor(1.0))
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.bool, torch.complex64])
+def test_rejects_non_float(dtype):
+    with pytest.raises(TypeError, match="x_seq"):
+        clif_kernels.clif(torch.zeros(3, 4, dtype=dtype))
+
+
+@pytest.mark.parametrize("kw,exc,name", [
+    (dict(tau=0.0), ValueError, "tau"),
+    (dict(tau=-1.0), ValueError, "tau"),
+    (dict(tau=float("nan")), ValueError, "tau"),
+    (dict(tau=float("inf")), ValueError, "tau"),
+    (dict(tau="2"), TypeError, "tau"),
+    (dict(v_threshold=float("inf")), ValueError, "v_threshold"),
+    (dict(v_threshold=float("nan")), ValueError, "v_threshold"),
+    (dict(v_reset=float("nan")), ValueError, "v_reset"),
+    (dict(alpha=0.0), ValueError, "alpha"),
+    (dict(alpha=-2.0), ValueError, "alpha"),
+    (dict(surrogate="relu"), ValueError, "surrogate"),
+    (dict(surrogate=3), TypeError, "surrogate"),
+    (dict(decay_input=1), TypeError, "decay_input"),
+    (dict(detach_reset="no"), TypeError, "detach_reset"),
+    (dict(backend="gpu"), ValueError, "backend"),
+    (dict(return_state=None), TypeError, "return_state"),
+])
+@pytest.mark.parametrize("fn", [clif_kernels.clif, clif_kernels.lif])
+def test_bad_options(fn, kw, exc, name):
+    with pytest.raises(exc, match=name):
+        fn(torch.randn(3, 4), **kw)
+
+
+@pytest.mark.parametrize("state", ["v0", "m0"])
+def test_bad_initial_state(state):
+    x = torch.randn(3, 4, 5)
+    with pytest.raises(ValueError, match=state):
+        clif_kernels.clif(x, **{state: torch.randn(4, 6)})
+    with pytest.raises(TypeError, match=state):
+        clif_kernels.clif(x, **{state: torch.randn(4, 5, dtype=torch.float64)})
+    with pytest.raises(TypeError, match=state):
+        clif_kernels.clif(x, **{state: [0.0] * 20})
+
+
+def test_lif_has_no_m0():
+    with pytest.raises(TypeError):
+        clif_kernels.lif(torch.randn(3, 4), m0=torch.randn(4))
+
+
+def test_triton_on_float64_is_refused():
+    with pytest.raises(RuntimeError, match="triton"):
+        clif_kernels.clif(torch.randn(3, 4, dtype=torch.float64), backend="triton")
+
+
+def test_named_backend_never_falls_back(monkeypatch):
+    from clif_kernels import backends
+    monkeypatch.setattr(backends, "TRITON_INTERPRET", False)
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
+        clif_kernels.clif(torch.randn(3, 4), backend="triton")
+
+
+def test_auto_runs_on_cpu():
+    x = torch.randn(5, 7)
+    assert torch.equal(clif_kernels.clif(x), clif_kernels.clif(x, backend="torch"))
