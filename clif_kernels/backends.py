@@ -22,6 +22,8 @@ def unavailable_reason(backend: str, device: torch.device, dtype: torch.dtype):
     """None when `backend` can run on this device and dtype, else a sentence saying why not."""
     if backend == "torch":
         return None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        return "no CUDA device is available"
     if backend == "triton":
         if not HAS_TRITON:
             return "the triton package is not installed"
@@ -34,7 +36,23 @@ def unavailable_reason(backend: str, device: torch.device, dtype: torch.dtype):
         return (f"Triton kernels need a CUDA tensor (got a {device.type} tensor); on the CPU "
                 "they run only under TRITON_INTERPRET=1, set before clif_kernels is imported")
     if backend in ("cuda", "cpp"):
-        return "the compiled extension is not part of this build yet"
+        from . import ops  # noqa: F401  (loads the compiled extensions and registers them)
+        from . import extension
+        if backend == "cpp":
+            if not extension.has_cpp():
+                return ("the C++ extension clif_kernels._C is not built (pip install -e . builds "
+                        "it; clif_kernels.extension.jit_build() compiles it on the spot)")
+            if device.type != "cpu":
+                return f"the cpp backend runs on CPU tensors, got a {device.type} tensor"
+            return None
+        if not extension.has_cuda():
+            return ("the CUDA extension clif_kernels._C_cuda is not built (it needs nvcc and a "
+                    "CUDA build of torch at install time)")
+        if device.type != "cuda":
+            return f"the cuda backend runs on CUDA tensors, got a {device.type} tensor"
+        if dtype == torch.float64:
+            return "the CUDA kernels store float32, float16 and bfloat16 only"
+        return None
     raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
 
 

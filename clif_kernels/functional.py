@@ -27,9 +27,11 @@ def _check_state(name, state, x_seq):
                          f"got {state.device}")
 
 
-def _fused_ops(backend):
+def _fused_op(backend):
     from . import ops
-    return {"triton": ops.triton_fwd}[backend]
+    if backend == "triton":
+        return ops.triton_fwd
+    return torch.ops.clif_fused.fwd  # cpp and cuda: the same op, dispatched on the device
 
 
 def _run(x_seq, is_clif, v0, m0, return_state, backend, **params):
@@ -53,7 +55,7 @@ def _run(x_seq, is_clif, v0, m0, return_state, backend, **params):
         N = math.prod(shape)
         needs_grad = torch.is_grad_enabled() and any(
             t is not None and t.requires_grad for t in (x_seq, v0, m0))
-        spikes, vT, mT, _ = _fused_ops(name)(
+        spikes, vT, mT, _ = _fused_op(name)(
             x_seq.reshape(T, N).contiguous(),
             None if v0 is None else v0.reshape(N).contiguous(),
             None if m0 is None or not is_clif else m0.reshape(N).contiguous(),

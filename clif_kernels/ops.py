@@ -13,14 +13,15 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from . import triton_kernels
+from . import extension, triton_kernels
 
 
 
 def _fwd_fake(x, v0, m0, tau, v_threshold, v_reset, decay_input, is_clif, save, n_ckpt):
     T, N = x.shape
     return (torch.empty_like(x), x.new_empty((N,)), x.new_empty((N if is_clif else 0,)),
-            x.new_empty((n_ckpt if save else 0, 2, N), dtype=torch.float32))
+            x.new_empty((n_ckpt if save else 0, 2, N),
+                        dtype=torch.float64 if x.dtype == torch.float64 else torch.float32))
 
 
 def _bwd_fake(x, v0, m0, is_clif):
@@ -45,9 +46,10 @@ def register_autograd(fwd_op, bwd_op):
     def backward(ctx, grad_spikes, grad_vT, grad_mT, _grad_ckpt):
         x, v0, m0, ckpt = ctx.saved_tensors
         tau, v_threshold, v_reset, decay_input, surrogate, alpha, detach_reset, is_clif = ctx.params
+        # LIF's mT is an empty placeholder; its gradient (zeros under AOT autograd) is dropped.
         gx, gv0, gm0 = bwd_op(x, v0, m0, ckpt, _contig(grad_spikes), _contig(grad_vT),
-                              _contig(grad_mT), tau, v_threshold, v_reset, decay_input,
-                              surrogate, alpha, detach_reset, is_clif)
+                              _contig(grad_mT) if is_clif else None, tau, v_threshold,
+                              v_reset, decay_input, surrogate, alpha, detach_reset, is_clif)
         return (gx, gv0 if ctx.has_v0 else None, gm0 if (ctx.has_m0 and is_clif) else None,
                 None, None, None, None, None, None, None, None, None)
 
@@ -96,3 +98,39 @@ def _(x, v0, m0, ckpt, grad_spikes, grad_vT, grad_mT, tau, v_threshold, v_reset,
 
 
 register_autograd(triton_fwd, triton_bwd)
+
+
+# ---------------------------------------------------------------------------------------------
+# The compiled ops (C++ CPU kernel and CUDA kernels): schemas in csrc/clif_ops.cpp, one op pair
+# dispatched on the device. Only their fake kernels and autograd are registered here.
+
+_fused_registered = False
+
+
+def register_fused() -> bool:
+    """Register fake kernels and autograd for `clif_fused::fwd/bwd` once the C++ library is
+    loaded. Returns whether the ops exist."""
+    global _fused_registered
+    if _fused_registered:
+        return True
+    if not extension.has_cpp():
+        return False
+
+    @torch.library.register_fake("clif_fused::fwd")
+    def _(x, v0, m0, tau, v_threshold, v_reset, decay_input, is_clif, save, surrogate, alpha,
+          detach_reset):
+        return _fwd_fake(x, v0, m0, tau, v_threshold, v_reset, decay_input, is_clif, save,
+                         triton_kernels.n_checkpoints(x.shape[0]))
+
+    @torch.library.register_fake("clif_fused::bwd")
+    def _(x, v0, m0, ckpt, grad_spikes, grad_vT, grad_mT, tau, v_threshold, v_reset,
+          decay_input, surrogate, alpha, detach_reset, is_clif):
+        return _bwd_fake(x, v0, m0, is_clif)
+
+    register_autograd(torch.ops.clif_fused.fwd.default, torch.ops.clif_fused.bwd.default)
+    _fused_registered = True
+    return True
+
+
+extension.load()
+register_fused()

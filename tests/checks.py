@@ -16,7 +16,9 @@ SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
 def compare(res, ref, bad, dtype):
     """Assert a backend's result equals the reference: spikes exactly and the rest to RTOL, on
     the neurons not flagged in `bad`; outputs present, of the right shape and dtype, no NaN."""
-    assert bad.float().mean().item() <= 0.05, f"too many neurons near the threshold: {bad.sum()}"
+    # A guard on the test inputs, not on the kernels: with the inputs random_problem draws, about
+    # 1% of neurons come near a jump; far more would mean the comparison had lost its teeth.
+    assert int(bad.sum()) <= max(2, 0.05 * bad.numel()), f"{int(bad.sum())} neurons near a jump"
     for key in QUANTITIES:
         a, b = res[key], ref[key]
         assert (a is None) == (b is None), f"{key}: present {a is not None}, expected {b is not None}"

@@ -1,7 +1,12 @@
 import os
 import sys
 
-# The Triton kernels run on CPU tensors only in the interpreter, and Triton reads this variable
-# when the kernels are decorated: set it before anything imports clif_kernels.
-os.environ.setdefault("TRITON_INTERPRET", "1")
+import torch
+
+# Without a GPU the Triton kernels run on CPU tensors in Triton's interpreter, which Triton
+# switches on when the kernels are decorated: set it before anything imports clif_kernels.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+# Kernel outputs start as NaN (see triton_kernels._empty and alloc in csrc/clif_host.h).
+os.environ["CLIF_KERNELS_POISON"] = "1"
 sys.path.insert(0, os.path.dirname(__file__))

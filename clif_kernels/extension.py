@@ -1,0 +1,65 @@
+"""Loading of the compiled extensions, and a just-in-time build for a source checkout.
+
+`clif_kernels._C` (C++ CPU kernel, and the schemas of the `clif_fused` ops) and
+`clif_kernels._C_cuda` (CUDA kernels) are built by setup.py. Without them the package still
+works with its reference and Triton backends; `jit_build()` compiles them on the spot with
+`torch.utils.cpp_extension.load`.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+
+import torch
+
+CSRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "csrc")
+_loaded = {"cpp": False, "cuda": False}
+load_errors = {}
+
+
+def _import(name):
+    try:
+        importlib.import_module(f"clif_kernels.{name}")
+        return True
+    except ImportError as e:  # not built, or built against another torch
+        load_errors[name] = str(e)
+        return False
+
+
+def load() -> None:
+    """Import whichever compiled extensions are present (idempotent)."""
+    if not _loaded["cpp"]:
+        _loaded["cpp"] = _import("_C")
+    if _loaded["cpp"] and not _loaded["cuda"]:
+        _loaded["cuda"] = _import("_C_cuda")
+
+
+def has_cpp() -> bool:
+    return _loaded["cpp"]
+
+
+def has_cuda() -> bool:
+    return _loaded["cuda"]
+
+
+def jit_build(cuda: bool | None = None, verbose: bool = False) -> None:
+    """Compile and load the extensions from `csrc/` (needs a source checkout and a compiler;
+    the CUDA one also needs nvcc and a CUDA build of torch)."""
+    from torch.utils.cpp_extension import load as load_ext
+    if not os.path.isdir(CSRC):
+        raise RuntimeError(f"no C++ sources at {CSRC}: jit_build needs a source checkout")
+    if not _loaded["cpp"]:
+        load_ext("clif_kernels_C", [os.path.join(CSRC, f) for f in ("clif_ops.cpp",
+                                                                     "clif_cpu.cpp")],
+                 extra_cflags=["-O3", "-fopenmp"], extra_ldflags=["-fopenmp"],
+                 extra_include_paths=[CSRC], verbose=verbose, is_python_module=False)
+        _loaded["cpp"] = True
+    if cuda is None:
+        cuda = torch.cuda.is_available()
+    if cuda and not _loaded["cuda"]:
+        load_ext("clif_kernels_C_cuda", [os.path.join(CSRC, "clif_cuda.cu")],
+                 extra_cuda_cflags=["-O3", "--expt-relaxed-constexpr"],
+                 extra_include_paths=[CSRC], verbose=verbose, is_python_module=False)
+        _loaded["cuda"] = True
+    from . import ops
+    ops.register_fused()

@@ -1,0 +1,294 @@
+// The per-neuron core of the CLIF/LIF neuron, shared by the CUDA kernel and the C++ CPU kernel.
+//
+// Everything here is host-and-device inline code: one step forward, one step backward (the
+// spec's formulas), and the drivers that run a small group of L neighbouring neurons over all T
+// steps. A kernel supplies only an IO object that loads and stores one group's values, so the
+// math the CPU tests prove is the math the GPU runs.
+//
+// Memory plan: the forward writes spikes and, when a backward will follow, an fp32 checkpoint of
+// (v, m) at the start of every segment of kCkptEvery steps after the first. The backward keeps
+// only the input x; it recomputes each segment's h_t and m_{t-1} into a register array, then walks
+// the segment in reverse. Per element-step it reads x and grad_spikes and writes grad_x.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#if defined(__CUDACC__)
+#define CLIF_HD __host__ __device__ __forceinline__
+#define CLIF_UNROLL _Pragma("unroll")
+#else
+#define CLIF_HD inline
+// No forced unrolling on the CPU: the arrays live on the stack there anyway, and unrolling
+// every lane loop of every instantiation tripled the build time for no measured gain.
+#define CLIF_UNROLL
+#endif
+
+namespace clif {
+
+// Steps per recomputed segment; must equal triton_kernels.CKPT_EVERY (the fake kernels and the
+// checkpoint tensor's shape depend on it). 8 keeps the backward's register arrays at 16 floats
+// per neuron and covers T <= 8 with no checkpoint at all.
+constexpr int kCkptEvery = 8;
+
+enum Surrogate : int { kRectangle = 0, kSigmoid = 1, kAtan = 2, kTriangle = 3 };
+
+// The spec's parameters, reduced to the constants the recurrence uses. Options that do not
+// change the inner loop's cost stay runtime values (warp-uniform branches on the GPU).
+template <typename acc_t>
+struct Params {
+  acc_t gamma;    // 1 - 1/tau
+  acc_t c;        // 1/tau if decay_input else 1
+  acc_t b;        // v_reset/tau for a hard reset, else 0
+  acc_t inv_tau;
+  acc_t th;       // v_threshold
+  acc_t v_reset;  // 0 for a soft reset
+  acc_t v_init;   // v before step 0 when no v0 is given
+  acc_t alpha;    // surrogate width/steepness
+  bool hard_reset;
+  bool detach_reset;
+  int surrogate;
+};
+
+CLIF_HD float exp_approx(float z) {
+#if defined(__CUDA_ARCH__)
+  return __expf(z);  // ex2.approx: 2 ulp, one MUFU op
+#else
+  return std::exp(z);
+#endif
+}
+CLIF_HD double exp_approx(double z) { return std::exp(z); }
+
+template <typename acc_t>
+CLIF_HD acc_t sigmoid(acc_t z) {
+  return acc_t(1) / (acc_t(1) + exp_approx(-z));
+}
+
+// One forward step of one neuron: updates v and m in place and returns h_t; s_t = h_t >= th.
+template <bool IS_CLIF, typename acc_t>
+CLIF_HD acc_t step(const Params<acc_t>& p, acc_t& v, acc_t& m, acc_t x) {
+  const acc_t h = p.gamma * v + p.c * x + p.b;
+  const acc_t s = h >= p.th ? acc_t(1) : acc_t(0);
+  acc_t vn = p.hard_reset ? (acc_t(1) - s) * h + s * p.v_reset : h - s * p.th;
+  if (IS_CLIF) {
+    const acc_t a = sigmoid(h * p.inv_tau);
+    m = m * a + s;
+    vn -= s * sigmoid(m);
+  }
+  v = vn;
+  return h;
+}
+
+template <typename acc_t>
+CLIF_HD acc_t surrogate_grad(const Params<acc_t>& p, acc_t z) {
+  const acc_t al = p.alpha;
+  switch (p.surrogate) {
+    case kRectangle:
+      return (z <= acc_t(0.5) * al && z >= -acc_t(0.5) * al) ? acc_t(1) / al : acc_t(0);
+    case kSigmoid: {
+      const acc_t g = sigmoid(al * z);
+      return al * g * (acc_t(1) - g);
+    }
+    case kAtan: {
+      const acc_t w = acc_t(1.5707963267948966) * al * z;
+      return acc_t(0.5) * al / (acc_t(1) + w * w);
+    }
+    default: {
+      const acc_t g = acc_t(1) / al - (z < 0 ? -z : z) / (al * al);
+      return g > acc_t(0) ? g : acc_t(0);
+    }
+  }
+}
+
+// One backward step (spec, Backward) from h_t, m_{t-1} and the spike gradient gs_t. gv and gm
+// carry the gradients of v_t and m_t in, and leave as those of v_{t-1} and m_{t-1}. Returns gx_t.
+template <bool IS_CLIF, typename acc_t>
+CLIF_HD acc_t step_backward(const Params<acc_t>& p, acc_t h, acc_t mp, acc_t gs, acc_t& gv,
+                            acc_t& gm) {
+  const acc_t s = h >= p.th ? acc_t(1) : acc_t(0);
+  acc_t a = 0, r = 0, gm1 = 0;
+  if (IS_CLIF) {
+    a = sigmoid(h * p.inv_tau);
+    r = sigmoid(mp * a + s);
+    gm1 = gm - gv * s * r * (acc_t(1) - r);
+  }
+  const acc_t dvds = p.hard_reset ? p.v_reset - h - r : -p.th - r;
+  const acc_t gs1 = gs + (p.detach_reset ? acc_t(0) : gv * dvds) + gm1;
+  acc_t gh = gv * (p.hard_reset ? acc_t(1) - s : acc_t(1)) + gs1 * surrogate_grad(p, h - p.th);
+  if (IS_CLIF) {
+    gh += gm1 * mp * a * (acc_t(1) - a) * p.inv_tau;
+    gm = gm1 * a;
+  }
+  gv = p.gamma * gh;
+  return p.c * gh;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Drivers over all T steps for a group of L neurons. IO provides, for its group:
+//   load_initial(v[L], m[L]), store_final(v, m), load_x(t, x[L]), store_spikes(t, s[L]),
+//   store_ckpt(j, v, m), load_ckpt(j, v, m), load_final_grads(gv, gm), load_gs(t, gs[L]),
+//   store_gx(t, gx[L]), store_initial_grads(gv, gm), and the flag `save`.
+
+template <bool IS_CLIF, int L, typename acc_t, typename IO>
+CLIF_HD void forward_sequence(const Params<acc_t>& p, int64_t T, IO& io) {
+  acc_t v[L], m[L], x[L], s[L];
+  io.load_initial(v, m);
+  for (int64_t t = 0; t < T; ++t) {
+    if (io.save && t > 0 && t % kCkptEvery == 0) io.store_ckpt(t / kCkptEvery - 1, v, m);
+    io.load_x(t, x);
+CLIF_UNROLL
+    for (int l = 0; l < L; ++l) {
+      s[l] = step<IS_CLIF>(p, v[l], m[l], x[l]) >= p.th ? acc_t(1) : acc_t(0);
+    }
+    io.store_spikes(t, s);
+  }
+  io.store_final(v, m);
+}
+
+template <bool IS_CLIF, int L, typename acc_t, typename IO>
+CLIF_HD void backward_sequence(const Params<acc_t>& p, int64_t T, IO& io) {
+  constexpr int K = kCkptEvery;
+  acc_t gv[L], gm[L];
+  io.load_final_grads(gv, gm);
+  for (int64_t j = (T + K - 1) / K - 1; j >= 0; --j) {
+    const int64_t t0 = j * K;
+    const int len = T - t0 < K ? static_cast<int>(T - t0) : K;
+    acc_t v[L], m[L];
+    if (j == 0) {
+      io.load_initial(v, m);
+    } else {
+      io.load_ckpt(j - 1, v, m);
+    }
+    // h_t and m_{t-1} of the segment: with full unrolling the indices are constants, so on the
+    // GPU these arrays live in registers.
+    acc_t H[K][L] = {}, MP[K][L] = {};
+CLIF_UNROLL
+    for (int k = 0; k < K; ++k) {
+      if (k < len) {
+        acc_t x[L];
+        io.load_x(t0 + k, x);
+CLIF_UNROLL
+        for (int l = 0; l < L; ++l) {
+          MP[k][l] = m[l];
+          H[k][l] = step<IS_CLIF>(p, v[l], m[l], x[l]);
+        }
+      }
+    }
+CLIF_UNROLL
+    for (int k = K - 1; k >= 0; --k) {
+      if (k < len) {
+        acc_t gs[L], gx[L];
+        io.load_gs(t0 + k, gs);
+CLIF_UNROLL
+        for (int l = 0; l < L; ++l) {
+          gx[l] = step_backward<IS_CLIF>(p, H[k][l], MP[k][l], gs[l], gv[l], gm[l]);
+        }
+        io.store_gx(t0 + k, gx);
+      }
+    }
+  }
+  io.store_initial_grads(gv, gm);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The IO both kernels use: a group of L neighbouring neurons starting at n0 of rows of length N.
+// With ALIGNED, a group's L values are loaded and stored as one vector (16 bytes for L = 4 fp32),
+// which the caller guarantees is aligned.
+
+template <typename scalar_t, int L, bool ALIGNED>
+struct alignas(ALIGNED ? sizeof(scalar_t) * L : alignof(scalar_t)) Pack {
+  scalar_t v[L];
+};
+
+// Where one launch reads and writes; shared by all group widths.
+template <typename scalar_t, typename acc_t>
+struct GroupData {
+  // forward and backward
+  const scalar_t* x = nullptr;
+  const scalar_t* v0 = nullptr;  // may be null
+  const scalar_t* m0 = nullptr;  // may be null (always for LIF)
+  acc_t* ckpt = nullptr;         // [n_ckpt, 2, N]: fp32, or fp64 for fp64 storage
+  // forward
+  scalar_t* spikes = nullptr;
+  scalar_t* vT = nullptr;
+  scalar_t* mT = nullptr;  // null for LIF
+  // backward
+  const scalar_t* gs = nullptr;   // may be null
+  const scalar_t* gvT = nullptr;  // may be null
+  const scalar_t* gmT = nullptr;  // may be null
+  scalar_t* gx = nullptr;
+  scalar_t* gv0 = nullptr;  // null when v0 is
+  scalar_t* gm0 = nullptr;  // null when m0 is
+  int64_t N = 0;
+  int64_t n0 = 0;  // first neuron of the group
+  acc_t v_init = 0;
+  bool save = false;
+};
+
+template <typename scalar_t, typename acc_t, int L, bool ALIGNED>
+struct GroupIO : GroupData<scalar_t, acc_t> {
+  using P = Pack<scalar_t, L, ALIGNED>;
+  using Data = GroupData<scalar_t, acc_t>;
+  static constexpr int lanes = L;
+  using Data::x; using Data::v0; using Data::m0; using Data::ckpt; using Data::spikes;
+  using Data::vT; using Data::mT; using Data::gs; using Data::gvT; using Data::gmT;
+  using Data::gx; using Data::gv0; using Data::gm0; using Data::N; using Data::n0;
+  using Data::v_init; using Data::save;
+
+  CLIF_HD explicit GroupIO(const Data& d) : Data(d) {}
+
+  CLIF_HD void load(const scalar_t* row, acc_t* out) const {
+    const P pk = *reinterpret_cast<const P*>(row + n0);
+CLIF_UNROLL
+    for (int l = 0; l < L; ++l) out[l] = static_cast<acc_t>(pk.v[l]);
+  }
+  CLIF_HD void store(scalar_t* row, const acc_t* in) const {
+    P pk;
+CLIF_UNROLL
+    for (int l = 0; l < L; ++l) pk.v[l] = static_cast<scalar_t>(in[l]);
+    *reinterpret_cast<P*>(row + n0) = pk;
+  }
+  CLIF_HD void fill(acc_t* out, acc_t value) const {
+CLIF_UNROLL
+    for (int l = 0; l < L; ++l) out[l] = value;
+  }
+
+  CLIF_HD void load_initial(acc_t* v, acc_t* m) const {
+    if (v0) load(v0, v); else fill(v, v_init);
+    if (m0) load(m0, m); else fill(m, acc_t(0));
+  }
+  CLIF_HD void store_final(const acc_t* v, const acc_t* m) const {
+    store(vT, v);
+    if (mT) store(mT, m);
+  }
+  CLIF_HD void load_x(int64_t t, acc_t* out) const { load(x + t * N, out); }
+  CLIF_HD void store_spikes(int64_t t, const acc_t* s) const { store(spikes + t * N, s); }
+  CLIF_HD void store_ckpt(int64_t j, const acc_t* v, const acc_t* m) const {
+CLIF_UNROLL
+    for (int l = 0; l < L; ++l) {
+      ckpt[(2 * j) * N + n0 + l] = v[l];
+      ckpt[(2 * j + 1) * N + n0 + l] = m[l];
+    }
+  }
+  CLIF_HD void load_ckpt(int64_t j, acc_t* v, acc_t* m) const {
+CLIF_UNROLL
+    for (int l = 0; l < L; ++l) {
+      v[l] = ckpt[(2 * j) * N + n0 + l];
+      m[l] = ckpt[(2 * j + 1) * N + n0 + l];
+    }
+  }
+  CLIF_HD void load_final_grads(acc_t* gv, acc_t* gm) const {
+    if (gvT) load(gvT, gv); else fill(gv, acc_t(0));
+    if (gmT) load(gmT, gm); else fill(gm, acc_t(0));
+  }
+  CLIF_HD void load_gs(int64_t t, acc_t* out) const {
+    if (gs) load(gs + t * N, out); else fill(out, acc_t(0));
+  }
+  CLIF_HD void store_gx(int64_t t, const acc_t* g) const { store(gx + t * N, g); }
+  CLIF_HD void store_initial_grads(const acc_t* gv, const acc_t* gm) const {
+    if (gv0) store(gv0, gv);
+    if (gm0) store(gm0, gm);
+  }
+};
+
+}  // namespace clif

@@ -1,0 +1,196 @@
+// Host-side helpers shared by the CPU and CUDA implementations of the clif_fused ops: input
+// checks that name the argument, output allocation, the params struct, and the switch macro that
+// turns a runtime flag into a template constant.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <c10/util/Optional.h>
+
+#include <cstdlib>
+#include <limits>
+#include <string>
+#include <tuple>
+
+#include "clif_core.h"
+
+namespace clif {
+
+using at::Tensor;
+using OptTensor = c10::optional<Tensor>;
+using FwdResult = std::tuple<Tensor, Tensor, Tensor, Tensor>;
+using BwdResult = std::tuple<Tensor, Tensor, Tensor>;
+
+// Runs the lambda with NAME a constexpr bool equal to COND.
+#define CLIF_BOOL_SWITCH(COND, NAME, ...) \
+  [&] {                                   \
+    if (COND) {                           \
+      constexpr bool NAME = true;         \
+      return __VA_ARGS__();               \
+    } else {                              \
+      constexpr bool NAME = false;        \
+      return __VA_ARGS__();               \
+    }                                     \
+  }()
+
+// Every output is allocated here. With CLIF_KERNELS_POISON=1 in the environment (the tests set
+// it) outputs start as NaN, so an element a kernel forgets to write shows up.
+inline Tensor alloc(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  static const bool poison = [] {
+    const char* v = std::getenv("CLIF_KERNELS_POISON");
+    return v != nullptr && std::string(v) == "1";
+  }();
+  return poison ? at::full(sizes, std::numeric_limits<double>::quiet_NaN(), options)
+                : at::empty(sizes, options);
+}
+
+inline int64_t n_checkpoints(int64_t T) {
+  const int64_t segs = (T + kCkptEvery - 1) / kCkptEvery;
+  return segs > 1 ? segs - 1 : 0;
+}
+
+// Checkpoints keep the compute precision: fp64 for fp64 input, else fp32.
+inline at::ScalarType ckpt_dtype(const Tensor& x) {
+  return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+inline void check_state(const char* name, const OptTensor& t, const Tensor& x) {
+  if (!t.has_value()) return;
+  TORCH_CHECK(t->dim() == 1 && t->size(0) == x.size(1), name, " must have shape [", x.size(1),
+              "], got ", t->sizes());
+  TORCH_CHECK(t->scalar_type() == x.scalar_type(), name, " must have dtype ", x.scalar_type(),
+              ", got ", t->scalar_type());
+  TORCH_CHECK(t->device() == x.device(), name, " must be on ", x.device(), ", got ",
+              t->device());
+  TORCH_CHECK(t->is_contiguous(), name, " must be contiguous");
+}
+
+inline void check_x(const Tensor& x, c10::DeviceType device) {
+  TORCH_CHECK(x.dim() == 2, "x must be [T, N], got ", x.sizes());
+  TORCH_CHECK(x.device().type() == device, "x must be a ", device, " tensor, got ", x.device());
+  TORCH_CHECK(x.is_contiguous(), "x must be contiguous");
+}
+
+inline void check_scalars(double tau, double v_threshold, int64_t surrogate, double alpha) {
+  TORCH_CHECK(std::isfinite(tau) && tau > 0, "tau must be finite and > 0, got ", tau);
+  TORCH_CHECK(std::isfinite(v_threshold), "v_threshold must be finite, got ", v_threshold);
+  TORCH_CHECK(surrogate >= 0 && surrogate <= 3, "surrogate must be 0..3, got ", surrogate);
+  TORCH_CHECK(std::isfinite(alpha) && alpha > 0, "alpha must be finite and > 0, got ", alpha);
+}
+
+template <typename acc_t>
+Params<acc_t> make_params(double tau, double v_threshold, c10::optional<double> v_reset,
+                          bool decay_input, int64_t surrogate, double alpha, bool detach_reset) {
+  const bool hard = v_reset.has_value();
+  const double vr = hard ? *v_reset : 0.0;
+  Params<acc_t> p;
+  p.gamma = static_cast<acc_t>(1.0 - 1.0 / tau);
+  p.c = static_cast<acc_t>(decay_input ? 1.0 / tau : 1.0);
+  p.b = static_cast<acc_t>(hard ? vr / tau : 0.0);
+  p.inv_tau = static_cast<acc_t>(1.0 / tau);
+  p.th = static_cast<acc_t>(v_threshold);
+  p.v_reset = static_cast<acc_t>(vr);
+  p.v_init = static_cast<acc_t>(vr);
+  p.alpha = static_cast<acc_t>(alpha);
+  p.hard_reset = hard;
+  p.detach_reset = detach_reset;
+  p.surrogate = static_cast<int>(surrogate);
+  return p;
+}
+
+// Checks the forward's inputs and allocates its outputs: spikes [T, N], vT [N], mT [N] (CLIF) or
+// [0] (LIF), and the fp32 checkpoints [n_checkpoints(T), 2, N] (or [0, 2, N] without `save`).
+inline FwdResult prepare_fwd(const Tensor& x, const OptTensor& v0, const OptTensor& m0,
+                             double tau, double v_threshold, int64_t surrogate, double alpha,
+                             bool is_clif, bool save, c10::DeviceType device) {
+  check_x(x, device);
+  check_state("v0", v0, x);
+  check_state("m0", m0, x);
+  check_scalars(tau, v_threshold, surrogate, alpha);
+  const int64_t T = x.size(0), N = x.size(1);
+  return {alloc(x.sizes(), x.options()), alloc({N}, x.options()),
+          alloc({is_clif ? N : 0}, x.options()),
+          alloc({save ? n_checkpoints(T) : 0, 2, N}, x.options().dtype(ckpt_dtype(x)))};
+}
+
+inline void check_grad(const char* name, const OptTensor& g, at::IntArrayRef shape,
+                       const Tensor& x) {
+  if (!g.has_value()) return;
+  TORCH_CHECK(g->sizes() == shape, name, " must have shape ", shape, ", got ", g->sizes());
+  TORCH_CHECK(g->scalar_type() == x.scalar_type(), name, " must have dtype ", x.scalar_type(),
+              ", got ", g->scalar_type());
+  TORCH_CHECK(g->device() == x.device(), name, " must be on ", x.device());
+  TORCH_CHECK(g->is_contiguous(), name, " must be contiguous");
+}
+
+// Checks the backward's inputs and allocates grad_x [T, N], grad_v0 [N] or [0], grad_m0 [N] or [0].
+inline BwdResult prepare_bwd(const Tensor& x, const OptTensor& v0, const OptTensor& m0,
+                             const Tensor& ckpt, const OptTensor& gs, const OptTensor& gvT,
+                             const OptTensor& gmT, double tau, double v_threshold,
+                             int64_t surrogate, double alpha, bool is_clif,
+                             c10::DeviceType device) {
+  check_x(x, device);
+  check_state("v0", v0, x);
+  check_state("m0", m0, x);
+  check_scalars(tau, v_threshold, surrogate, alpha);
+  const int64_t T = x.size(0), N = x.size(1);
+  check_grad("grad_spikes", gs, x.sizes(), x);
+  check_grad("grad_vT", gvT, {N}, x);
+  check_grad("grad_mT", gmT, {N}, x);
+  const int64_t n_ck = n_checkpoints(T);
+  TORCH_CHECK(ckpt.scalar_type() == ckpt_dtype(x) && ckpt.is_contiguous() &&
+                  ckpt.device() == x.device() &&
+                  ckpt.sizes() == at::IntArrayRef({n_ck, 2, N}),
+              "ckpt must be the forward's contiguous ", ckpt_dtype(x), " [", n_ck, ", 2, ", N,
+              "] checkpoints, got ", ckpt.sizes());
+  const bool has_m0 = m0.has_value() && is_clif;
+  return {alloc(x.sizes(), x.options()), alloc({v0.has_value() ? N : 0}, x.options()),
+          alloc({has_m0 ? N : 0}, x.options())};
+}
+
+template <typename scalar_t>
+const scalar_t* opt_ptr(const OptTensor& t) {
+  return t.has_value() ? t->data_ptr<scalar_t>() : nullptr;
+}
+
+// Where one launch reads and writes, for the forward or the backward.
+template <typename scalar_t, typename acc_t>
+GroupData<scalar_t, acc_t> fwd_io(const FwdResult& out, const Tensor& x,
+                                             const OptTensor& v0, const OptTensor& m0,
+                                             bool is_clif, acc_t v_init) {
+  GroupData<scalar_t, acc_t> io;
+  io.x = x.data_ptr<scalar_t>();
+  io.v0 = opt_ptr<scalar_t>(v0);
+  io.m0 = is_clif ? opt_ptr<scalar_t>(m0) : nullptr;
+  io.ckpt = std::get<3>(out).data_ptr<acc_t>();
+  io.spikes = std::get<0>(out).data_ptr<scalar_t>();
+  io.vT = std::get<1>(out).data_ptr<scalar_t>();
+  io.mT = is_clif ? std::get<2>(out).data_ptr<scalar_t>() : nullptr;
+  io.N = x.size(1);
+  io.v_init = v_init;
+  io.save = std::get<3>(out).numel() > 0;
+  return io;
+}
+
+template <typename scalar_t, typename acc_t>
+GroupData<scalar_t, acc_t> bwd_io(const BwdResult& out, const Tensor& x,
+                                             const OptTensor& v0, const OptTensor& m0,
+                                             const Tensor& ckpt, const OptTensor& gs,
+                                             const OptTensor& gvT, const OptTensor& gmT,
+                                             bool is_clif, acc_t v_init) {
+  GroupData<scalar_t, acc_t> io;
+  io.x = x.data_ptr<scalar_t>();
+  io.v0 = opt_ptr<scalar_t>(v0);
+  io.m0 = is_clif ? opt_ptr<scalar_t>(m0) : nullptr;
+  io.ckpt = ckpt.numel() ? ckpt.data_ptr<acc_t>() : nullptr;
+  io.gs = opt_ptr<scalar_t>(gs);
+  io.gvT = opt_ptr<scalar_t>(gvT);
+  io.gmT = is_clif ? opt_ptr<scalar_t>(gmT) : nullptr;
+  io.gx = std::get<0>(out).data_ptr<scalar_t>();
+  io.gv0 = v0.has_value() ? std::get<1>(out).data_ptr<scalar_t>() : nullptr;
+  io.gm0 = std::get<2>(out).numel() ? std::get<2>(out).data_ptr<scalar_t>() : nullptr;
+  io.N = x.size(1);
+  io.v_init = v_init;
+  return io;
+}
+
+}  // namespace clif

@@ -1,0 +1,301 @@
+"""The fused backends (Triton, C++ CPU, CUDA) against the float64 reference: outputs, final
+states and every gradient, for every option, dtype and awkward shape. Without a GPU the Triton
+kernels run in Triton's interpreter and the CUDA backend is skipped."""
+import itertools
+
+import pytest
+import torch
+
+from checks import (compare, golden_cases, neuron_fn, random_problem, reference64, rel_err,
+                    run_with_grads)
+from clif_kernels import backends, triton_kernels
+
+SURROGATES = ("rectangle", "sigmoid", "atan", "triangle")
+HAS_GPU = torch.cuda.is_available()
+DEVICE = {"triton": "cuda" if HAS_GPU else "cpu", "cpp": "cpu", "cuda": "cuda"}
+
+
+def _available(name, dtype=torch.float32):
+    return backends.unavailable_reason(name, torch.device(DEVICE[name]), dtype) is None
+
+
+@pytest.fixture(params=["triton", "cpp", "cuda"])
+def backend(request):
+    if not _available(request.param):
+        pytest.skip(backends.unavailable_reason(request.param,
+                                                torch.device(DEVICE[request.param]),
+                                                torch.float32))
+    return request.param
+
+
+def check_backend(backend, is_clif, shape, dtype, with_state=True, **params):
+    if not _available(backend, dtype):
+        pytest.skip(f"{backend} does not take {dtype}")
+    x, v0, m0, grads = random_problem(shape, dtype, with_state=with_state, is_clif=is_clif,
+                                      device=DEVICE[backend])
+    ref, bad = reference64(is_clif, x, v0, m0, grads, **params)
+    res = run_with_grads(neuron_fn(is_clif), x, v0, m0, grads, backend=backend, **params)
+    return compare(res, ref, bad, dtype)
+
+
+OPTION_GRID = list(itertools.product([True, False], SURROGATES, [None, -0.2], [False, True],
+                                     [False, True]))
+
+
+@pytest.mark.parametrize("is_clif,surrogate,v_reset,decay_input,detach_reset", OPTION_GRID)
+def test_every_option_fp32(backend, is_clif, surrogate, v_reset, decay_input, detach_reset):
+    check_backend(backend, is_clif, (11, 3, 37), torch.float32, tau=1.9, v_threshold=0.8,
+                  v_reset=v_reset, decay_input=decay_input, surrogate=surrogate,
+                  detach_reset=detach_reset, alpha=None if surrogate != "atan" else 1.5)
+
+
+HALF_CASES = [(True, "rectangle", None, False, False), (True, "sigmoid", -0.2, True, False),
+              (True, "atan", None, False, True), (False, "triangle", 0.1, False, False),
+              (False, "rectangle", None, True, True)]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("is_clif,surrogate,v_reset,decay_input,detach_reset", HALF_CASES)
+def test_half_dtypes(backend, dtype, is_clif, surrogate, v_reset, decay_input, detach_reset):
+    check_backend(backend, is_clif, (9, 301), dtype, v_reset=v_reset, decay_input=decay_input,
+                  surrogate=surrogate, detach_reset=detach_reset)
+
+
+@pytest.mark.parametrize("is_clif,surrogate,v_reset,decay_input,detach_reset",
+                         HALF_CASES + [(True, "triangle", -0.1, True, True)])
+def test_float64(backend, is_clif, surrogate, v_reset, decay_input, detach_reset):
+    check_backend(backend, is_clif, (13, 2, 51), torch.float64, v_reset=v_reset,
+                  decay_input=decay_input, surrogate=surrogate, detach_reset=detach_reset)
+
+
+@pytest.mark.parametrize("T", [1, 2, 7, 8, 9, 17, 64])
+@pytest.mark.parametrize("is_clif", [True, False])
+def test_awkward_lengths(backend, T, is_clif):
+    check_backend(backend, is_clif, (T, 1000 + 3), torch.float32, with_state=T % 2 == 1)
+
+
+@pytest.mark.parametrize("shape", [(3, 1), (4, 513), (5, 2, 3, 5), (2, 1537), (9, 16), (9, 4)])
+def test_awkward_widths(backend, shape):
+    check_backend(backend, True, shape, torch.float32)
+
+
+@pytest.mark.parametrize("case,arrays", [pytest.param(c, a, id=c["name"])
+                                         for c, a in golden_cases()])
+def test_golden_cases(backend, case, arrays):
+    """The independent float64 golden cases, run in float32 through the kernels."""
+    is_clif = case["neuron"] == "clif"
+    dev = DEVICE[backend]
+    f32 = lambda k: None if k not in arrays else arrays[k].float().to(dev)  # noqa: E731
+    grads = {"spikes": f32("grad_spikes"), "vT": f32("grad_vT"), "mT": f32("grad_mT")}
+    res = run_with_grads(neuron_fn(is_clif), f32("x_seq"), f32("v0"), f32("m0"), grads,
+                         backend=backend, **case["params"])
+    assert torch.equal(res["spikes"].double().cpu(), arrays["spikes"])
+    for mine, theirs in [("vT", "vT"), ("mT", "mT"), ("grad_x", "grad_x_seq"),
+                         ("grad_v0", "grad_v0"), ("grad_m0", "grad_m0")]:
+        if theirs in arrays:
+            assert rel_err(res[mine], arrays[theirs]) < 2e-5, mine
+        else:
+            assert res[mine] is None, mine
+
+
+@pytest.mark.parametrize("shape", [(0, 5), (4, 0), (0,), (3, 0, 2)])
+def test_empty(backend, shape):
+    dev = DEVICE[backend]
+    x = torch.randn(shape, device=dev, requires_grad=True)
+    v0 = torch.randn(shape[1:], device=dev) if shape[1:] else None
+    s, vT, mT = neuron_fn(True)(x, v0=v0, return_state=True, backend=backend)
+    assert s.shape == x.shape and vT.shape == x.shape[1:] and mT.shape == x.shape[1:]
+    if shape[0] == 0 and v0 is not None:
+        assert torch.equal(vT, v0), "with no step the final state is the initial one"
+    (s.sum() + vT.sum() + mT.sum()).backward()
+    assert x.grad.shape == x.shape
+
+
+def test_zero_steps_passes_state_gradient_through(backend):
+    dev = DEVICE[backend]
+    v0 = torch.randn(6, device=dev, requires_grad=True)
+    m0 = torch.randn(6, device=dev, requires_grad=True)
+    s, vT, mT = neuron_fn(True)(torch.randn(0, 6, device=dev), v0=v0, m0=m0, return_state=True,
+                                backend=backend)
+    (vT * 2 + mT * 3).sum().backward()
+    assert torch.equal(v0.grad.cpu(), torch.full((6,), 2.0))
+    assert torch.equal(m0.grad.cpu(), torch.full((6,), 3.0))
+
+
+def test_non_contiguous_input(backend):
+    base = torch.randn(6, 40, 9, device=DEVICE[backend])
+    x = base.transpose(1, 2)  # [6, 9, 40], not contiguous
+    ref = neuron_fn(True)(x, backend="torch")
+    out = neuron_fn(True)(x, backend=backend)
+    assert out.shape == x.shape
+    assert torch.equal(out, ref)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_input_does_not_crash(backend, bad):
+    x = torch.randn(5, 33, device=DEVICE[backend])
+    x[2, 4] = bad
+    x.requires_grad_()
+    s, vT, mT = neuron_fn(True)(x, return_state=True, backend=backend)
+    ref_s = neuron_fn(True)(x.detach(), backend="torch")
+    (s.sum() + vT.sum()).backward()
+    # Neurons the bad value never touches are unaffected.
+    keep = torch.ones(33, dtype=torch.bool, device=x.device)
+    keep[4] = False
+    assert torch.equal(s[:, keep], ref_s[:, keep])
+    assert torch.isfinite(x.grad[:, keep]).all()
+
+
+@pytest.mark.parametrize("use_vT", [False, True])
+def test_unused_state_gradients(backend, use_vT):
+    """When only some outputs take part in the loss, the others count as zero gradient."""
+    x, v0, m0, grads = random_problem((10, 77), torch.float32, with_state=True,
+                                      device=DEVICE[backend])
+    grads["mT"] = torch.zeros_like(grads["mT"])
+    if not use_vT:
+        grads["vT"] = torch.zeros_like(grads["vT"])
+    ref, bad = reference64(True, x, v0, m0, grads)
+    xr = x.clone().requires_grad_()
+    s, vT, mT = neuron_fn(True)(xr, v0=v0, m0=m0, return_state=True, backend=backend)
+    loss = (s * grads["spikes"]).sum() + ((vT * grads["vT"]).sum() if use_vT else 0)
+    loss.backward()
+    keep = (~bad).to(xr.device)
+    assert rel_err(xr.grad[:, keep], ref["grad_x"][:, ~bad]) < 2e-5
+
+
+def saved_bytes(fn):
+    """Bytes of the distinct storages autograd saves while `fn` runs."""
+    seen = {}
+
+    def pack(t):
+        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(seen.values())
+
+
+@pytest.mark.parametrize("dtype,T", [(torch.float32, 8), (torch.bfloat16, 8),
+                                     (torch.float32, 4), (torch.float32, 64)])
+def test_saved_memory(backend, dtype, T):
+    N = 4096
+    x = torch.randn(T, N, dtype=dtype, device=DEVICE[backend], requires_grad=True)
+    per_step = saved_bytes(lambda: neuron_fn(True)(x, backend=backend)) / (T * N)
+    # x itself, plus fp32 (v, m) checkpoints every CKPT_EVERY steps past the first segment.
+    expected = x.element_size() + 8 * triton_kernels.n_checkpoints(T) / T
+    assert per_step == pytest.approx(expected)
+    if T <= triton_kernels.CKPT_EVERY:
+        assert per_step <= x.element_size()
+
+
+def _fwd_op(backend):
+    from clif_kernels import ops
+    return ops.triton_fwd if backend == "triton" else torch.ops.clif_fused.fwd
+
+
+def _bwd_op(backend):
+    from clif_kernels import ops
+    return ops.triton_bwd if backend == "triton" else torch.ops.clif_fused.bwd
+
+
+def test_no_grad_saves_no_checkpoints(backend):
+    x = torch.randn(20, 64, device=DEVICE[backend])
+    out = _fwd_op(backend)(x, None, None, 2.0, 1.0, None, False, True, False, 0, 1.0, False)
+    assert out[3].numel() == 0
+    with torch.no_grad():
+        s = neuron_fn(True)(x.requires_grad_(), backend=backend)
+    assert s.grad_fn is None
+
+
+def _op_samples(device):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(10, 37, generator=g).to(device)
+    v0, m0 = torch.randn(37, generator=g).to(device), torch.rand(37, generator=g).to(device)
+    return [
+        (x, None, None, 2.0, 1.0, None, False, True, True, 0, 1.0, False),
+        (x, v0, m0, 1.5, 0.7, -0.1, True, True, True, 1, 4.0, True),
+        (x, v0, None, 3.0, 1.0, 0.0, False, False, True, 2, 2.0, False),
+    ]
+
+
+@pytest.mark.parametrize("sample", range(3))
+def test_opcheck(backend, sample):
+    args = list(_op_samples(DEVICE[backend])[sample])
+    for i in range(3):
+        if args[i] is not None:
+            args[i] = args[i].clone().requires_grad_()
+    torch.library.opcheck(_fwd_op(backend), tuple(args))
+
+
+def test_opcheck_backward_op(backend):
+    dev = DEVICE[backend]
+    x = torch.randn(10, 37, device=dev)
+    v0 = torch.randn(37, device=dev)
+    _, _, _, ckpt = _fwd_op(backend)(x, v0, None, 2.0, 1.0, None, False, True, True, 0, 1.0,
+                                     False)
+    args = (x, v0, None, ckpt, torch.randn(10, 37, device=dev), torch.randn(37, device=dev),
+            None, 2.0, 1.0, None, False, 0, 1.0, False, True)
+    torch.library.opcheck(_bwd_op(backend), args)
+
+
+@pytest.mark.parametrize("is_clif", [True, False])
+def test_compile_fullgraph(backend, is_clif):
+    torch._dynamo.reset()
+    fn = neuron_fn(is_clif)
+
+    def step(x, v0):
+        out = fn(x, v0=v0, tau=1.7, surrogate="sigmoid", return_state=True, backend=backend)
+        return out[0].sum() + (out[1] * out[1]).sum()
+
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    x = torch.randn(9, 4, 21, device=DEVICE[backend])
+    v0 = torch.randn(4, 21, device=DEVICE[backend])
+    xe, ve = x.clone().requires_grad_(), v0.clone().requires_grad_()
+    xc, vc = x.clone().requires_grad_(), v0.clone().requires_grad_()
+    step(xe, ve).backward()
+    compiled(xc, vc).backward()
+    assert torch.equal(xe.grad, xc.grad) and torch.equal(ve.grad, vc.grad)
+
+
+def _draw_away_from_jumps(opts, is_clif, v0, m0, margin):
+    """An input whose h stays `margin` away from the threshold and from the edges of the
+    surrogate's window, so that the surrogate term is exactly zero and finite differences flip
+    no spike: the backward must then equal the true derivative."""
+    from clif_kernels.reference import neuron_reference
+    edges = [opts.v_threshold - opts.alpha / 2, opts.v_threshold + opts.alpha / 2,
+             opts.v_threshold]
+    for _ in range(200):
+        x = torch.randn(6, 5, dtype=torch.float64) * 1.5
+        h = neuron_reference(x, opts, clif=is_clif, v0=v0, m0=m0, return_h=True)[-1]
+        far = all(((h - e).abs() > margin).all() for e in edges)
+        inside = ((h - opts.v_threshold).abs() < opts.alpha / 2).any()
+        if far and not inside and (h >= opts.v_threshold).any():
+            return x
+    pytest.fail("could not draw an input away from the jumps")
+
+
+@pytest.mark.parametrize("is_clif", [True, False])
+@pytest.mark.parametrize("v_reset,decay_input", [(None, False), (-0.3, True)])
+def test_float64_gradcheck(backend, is_clif, v_reset, decay_input):
+    """gradcheck in float64 of the paths the surrogate does not touch: membrane, reset,
+    complementary potential and initial states (rectangle surrogate, h kept outside its
+    window, so the surrogate term is exactly zero)."""
+    if not _available(backend, torch.float64):
+        pytest.skip(f"{backend} does not take float64")
+    from clif_kernels.options import make_options
+    params = dict(tau=1.8, v_reset=v_reset, decay_input=decay_input, alpha=0.05)
+    opts = make_options(**params)
+    v0 = torch.randn(5, dtype=torch.float64) * 0.3
+    m0 = torch.rand(5, dtype=torch.float64)
+    x = _draw_away_from_jumps(opts, is_clif, v0, m0 if is_clif else None, margin=1e-3)
+    fn = neuron_fn(is_clif)
+    kw = dict(params, backend=backend, return_state=True)
+    if is_clif:
+        f = lambda x, v0, m0: fn(x, v0=v0, m0=m0, **kw)  # noqa: E731
+        inputs = (x, v0, m0)
+    else:
+        f = lambda x, v0: fn(x, v0=v0, **kw)  # noqa: E731
+        inputs = (x, v0)
+    inputs = tuple(t.clone().requires_grad_() for t in inputs)
+    assert torch.autograd.gradcheck(f, inputs, eps=1e-7, atol=1e-9, rtol=1e-6)
