@@ -67,7 +67,7 @@ def extensions():
     if (want is None and can) or want == "1":
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
         exts.append(CUDAExtension(
-            "clif_kernels._C_cuda", ["csrc/clif_cuda.cu"],
+            "clif_kernels._C_cuda", ["csrc/clif_cuda.cpp", "csrc/clif_cuda_kernels.cu"],
             include_dirs=[os.path.join(ROOT, "csrc")] + nvidia_include_dirs(),
             extra_compile_args={"cxx": ["-O3"],
                                 "nvcc": ["-O3", "--expt-relaxed-constexpr"]}))

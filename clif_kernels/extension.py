@@ -57,7 +57,8 @@ def jit_build(cuda: bool | None = None, verbose: bool = False) -> None:
     if cuda is None:
         cuda = torch.cuda.is_available()
     if cuda and not _loaded["cuda"]:
-        load_ext("clif_kernels_C_cuda", [os.path.join(CSRC, "clif_cuda.cu")],
+        load_ext("clif_kernels_C_cuda",
+                 [os.path.join(CSRC, f) for f in ("clif_cuda.cpp", "clif_cuda_kernels.cu")],
                  extra_cuda_cflags=["-O3", "--expt-relaxed-constexpr"],
                  extra_include_paths=[CSRC], verbose=verbose, is_python_module=False)
         _loaded["cuda"] = True

@@ -1,0 +1,90 @@
+"""Compile csrc/clif_cuda_kernels.cu for one GPU architecture with `ptxas -v`, without a GPU, and report
+registers and spills per kernel. CI runs it for sm_90 and sm_80 and fails on any spill.
+
+    python -m clif_kernels.cuda_aot 90 80
+"""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CSRC = os.path.join(ROOT, "csrc")
+
+
+def _find_cuda_home():
+    """setup.py's find_cuda_home, so that both agree on the toolkit."""
+    ns = {"__file__": os.path.join(ROOT, "setup.py")}
+    src = open(os.path.join(ROOT, "setup.py")).read().split("\next_modules, cmdclass")[0]
+    exec(compile(src, "setup.py", "exec"), ns)
+    return ns["find_cuda_home"]()
+
+
+def nvcc_command(arch: int, out: str):
+    cuda_home = _find_cuda_home()
+    if cuda_home is None:
+        raise RuntimeError("nvcc not found")
+    os.environ["CUDA_HOME"] = cuda_home
+    import torch
+    from torch.utils import cpp_extension
+    std = "c++20" if tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 10) else \
+        "c++17"
+    incs = [CSRC] + cpp_extension.include_paths()
+    return ([os.path.join(cuda_home, "bin", "nvcc"), "-c", os.path.join(CSRC, "clif_cuda_kernels.cu"),
+             "-o", out, f"-std={std}", "-O3", "--expt-relaxed-constexpr",
+             "-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__",
+             "-D__CUDA_NO_BFLOAT16_CONVERSIONS__", "-D__CUDA_NO_HALF2_OPERATORS__",
+             "--compiler-options", "-fPIC",
+             f"-gencode=arch=compute_{arch},code=sm_{arch}", "-Xptxas", "-v"]
+            + [f"-I{d}" for d in incs])
+
+
+def compile_report(arch: int):
+    """Compile for sm_<arch>; returns [(kernel, registers, spill_store_bytes, spill_load_bytes)]."""
+    with tempfile.TemporaryDirectory() as tmp:
+        proc = subprocess.run(nvcc_command(arch, os.path.join(tmp, "clif_cuda.o")),
+                              capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"nvcc failed for sm_{arch}:\n{proc.stderr[-4000:]}")
+    rows, name, spills = [], None, (0, 0)
+    for line in proc.stderr.splitlines():
+        m = re.search(r"Compiling entry function '(\w+)'", line)
+        if m:
+            name = m.group(1)
+        m = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", line)
+        if m:
+            spills = (int(m.group(1)), int(m.group(2)))
+        m = re.search(r"Used (\d+) registers", line)
+        if m and name:
+            rows.append((_demangle(name), int(m.group(1)), *spills))
+            name = None
+    return rows
+
+
+def _demangle(name):
+    try:
+        return subprocess.run(["c++filt", name], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return name
+
+
+def main(argv):
+    status = 0
+    for arch in [int(a) for a in argv] or [90, 80]:
+        rows = compile_report(arch)
+        for kernel, regs, st, ld in rows:
+            short = kernel.replace("(anonymous namespace)::", "").replace("void ", "")
+            short = short.split("(")[0].replace("clif::", "")
+            print(f"sm_{arch} {short:60} {regs:4d} registers, spill {st}/{ld} bytes")
+        spilled = [r for r in rows if r[2] or r[3]]
+        print(f"sm_{arch}: {len(rows)} kernels, at most {max(r[1] for r in rows)} registers, "
+              f"{len(spilled)} with spills")
+        status |= bool(spilled) or not rows
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

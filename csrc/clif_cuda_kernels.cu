@@ -1,0 +1,83 @@
+// Hand-written CUDA kernels: one thread per group of L neighbouring neurons, the loop over T
+// inside, state in fp32 registers, the per-neuron core of clif_core.h.
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include "clif_cuda.h"
+
+namespace clif {
+namespace {
+
+constexpr int kThreads = 256;
+
+template <typename scalar_t, int L, bool IS_CLIF>
+__global__ void __launch_bounds__(kThreads, 2)
+    clif_fwd_kernel(GroupIO<scalar_t, float, L, true> io, Params<float> p, int64_t T,
+                    int64_t groups) {
+  const int64_t g = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (g >= groups) return;
+  io.n0 = g * L;
+  forward_sequence<IS_CLIF, L>(p, T, io);
+}
+
+template <typename scalar_t, int L, bool IS_CLIF>
+__global__ void __launch_bounds__(kThreads, 2)
+    clif_bwd_kernel(GroupIO<scalar_t, float, L, true> io, Params<float> p, int64_t T,
+                    int64_t groups) {
+  const int64_t g = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (g >= groups) return;
+  io.n0 = g * L;
+  backward_sequence<IS_CLIF, L>(p, T, io);
+}
+
+template <bool BWD, typename scalar_t, int L, bool IS_CLIF>
+cudaError_t launch(const GroupData<scalar_t, float>& data, const Params<float>& p, int64_t T,
+                   cudaStream_t stream) {
+  const GroupIO<scalar_t, float, L, true> io(data);
+  const int64_t groups = data.N / L;
+  const unsigned blocks = static_cast<unsigned>((groups + kThreads - 1) / kThreads);
+  if (BWD) {
+    clif_bwd_kernel<scalar_t, L, IS_CLIF><<<blocks, kThreads, 0, stream>>>(io, p, T, groups);
+  } else {
+    clif_fwd_kernel<scalar_t, L, IS_CLIF><<<blocks, kThreads, 0, stream>>>(io, p, T, groups);
+  }
+  return cudaGetLastError();
+}
+
+template <bool BWD, typename scalar_t>
+cudaError_t dispatch(const GroupData<scalar_t, float>& data, const Params<float>& p, int64_t T,
+                     bool is_clif, bool vec, cudaStream_t stream) {
+  if (data.N == 0) return cudaSuccess;
+  if (vec) {
+    return is_clif ? launch<BWD, scalar_t, kVec, true>(data, p, T, stream)
+                   : launch<BWD, scalar_t, kVec, false>(data, p, T, stream);
+  }
+  return is_clif ? launch<BWD, scalar_t, 1, true>(data, p, T, stream)
+                 : launch<BWD, scalar_t, 1, false>(data, p, T, stream);
+}
+
+}  // namespace
+
+template <typename scalar_t>
+cudaError_t launch_fwd(const GroupData<scalar_t, float>& data, const Params<float>& p, int64_t T,
+                       bool is_clif, bool vec, cudaStream_t stream) {
+  return dispatch<false>(data, p, T, is_clif, vec, stream);
+}
+
+template <typename scalar_t>
+cudaError_t launch_bwd(const GroupData<scalar_t, float>& data, const Params<float>& p, int64_t T,
+                       bool is_clif, bool vec, cudaStream_t stream) {
+  return dispatch<true>(data, p, T, is_clif, vec, stream);
+}
+
+#define CLIF_INSTANTIATE(T)                                                                  \
+  template cudaError_t launch_fwd<T>(const GroupData<T, float>&, const Params<float>&,        \
+                                     int64_t, bool, bool, cudaStream_t);                      \
+  template cudaError_t launch_bwd<T>(const GroupData<T, float>&, const Params<float>&,        \
+                                     int64_t, bool, bool, cudaStream_t);
+CLIF_INSTANTIATE(float)
+CLIF_INSTANTIATE(c10::Half)
+CLIF_INSTANTIATE(c10::BFloat16)
+#undef CLIF_INSTANTIATE
+
+}  // namespace clif
