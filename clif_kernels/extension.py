@@ -51,7 +51,7 @@ def jit_build(cuda: bool | None = None, verbose: bool = False) -> None:
     if not _loaded["cpp"]:
         load_ext("clif_kernels_C", [os.path.join(CSRC, f) for f in ("clif_ops.cpp",
                                                                      "clif_cpu.cpp")],
-                 extra_cflags=["-O3", "-fopenmp"], extra_ldflags=["-fopenmp"],
+                 extra_cflags=["-O3", "-fopenmp", "-fno-trapping-math"], extra_ldflags=["-fopenmp"],
                  extra_include_paths=[CSRC], verbose=verbose, is_python_module=False)
         _loaded["cpp"] = True
     if cuda is None:

@@ -17,11 +17,14 @@
 #if defined(__CUDACC__)
 #define CLIF_HD __host__ __device__ __forceinline__
 #define CLIF_UNROLL _Pragma("unroll")
+#define CLIF_LANES _Pragma("unroll")
 #else
 #define CLIF_HD inline
-// No forced unrolling on the CPU: the arrays live on the stack there anyway, and unrolling
-// every lane loop of every instantiation tripled the build time for no measured gain.
+// On the CPU, loops over time are left alone (the arrays live on the stack there anyway) and
+// loops over the lanes of a group, which are independent, are vectorised: `omp simd` (the build
+// passes -fopenmp) asks for it where GCC's cost model would not.
 #define CLIF_UNROLL
+#define CLIF_LANES _Pragma("omp simd")
 #endif
 
 namespace clif {
@@ -45,16 +48,54 @@ struct Params {
   acc_t v_reset;  // 0 for a soft reset
   acc_t v_init;   // v before step 0 when no v0 is given
   acc_t alpha;    // surrogate width/steepness
-  bool hard_reset;
-  bool detach_reset;
+  // 0/1 factors rather than bools: the formulas blend with them (exact for finite values, since
+  // one side is multiplied by exactly 0 and the other by 1), because GCC does not vectorise a
+  // select on a loop-invariant bool.
+  acc_t hard;        // 1 for a hard reset
+  acc_t keep_reset;  // 0 when detach_reset (the reset terms carry no gradient), else 1
   int surrogate;
 };
+
+#if !defined(__CUDA_ARCH__)
+// exp for float on the CPU, written so that the lane loops vectorise (std::exp is a scalar
+// call unless -ffast-math, which this project does not use: it would let the forward and the
+// backward's recompute round differently). exp(z) = 2^n * exp(r) with n = round(z / ln 2) and
+// |r| <= ln(2)/2, exp(r) by its Taylor series to degree 7 (truncation error < 3e-9, under one
+// float ulp), 2^n assembled in the exponent bits. Inputs are clamped to [-87, 88], where 2^n
+// stays a normal float; NaN passes through.
+inline float exp_host(float z) {
+  z = z < -87.0f ? -87.0f : z;
+  z = z > 88.0f ? 88.0f : z;
+  // Round to nearest by adding and subtracting 1.5 * 2^23 (SSE2 has no vector round).
+  const float n = (z * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  // z - n ln2 in two parts: the first is exact in float for |n| < 2^9.
+  const float r = (z - n * 0.693359375f) + n * 2.12194440054690583e-4f;
+  float q = 1.0f / 5040.0f;
+  q = q * r + 1.0f / 720.0f;
+  q = q * r + 1.0f / 120.0f;
+  q = q * r + 1.0f / 24.0f;
+  q = q * r + 1.0f / 6.0f;
+  q = q * r + 0.5f;
+  q = q * r + 1.0f;
+  q = q * r + 1.0f;
+  // Type punning through a union (GCC and Clang define it); memcpy here kept GCC from
+  // vectorising loops with two inlined copies.
+  union {
+    int32_t i;
+    float f;
+  } scale;
+  // (n + 127) << 23 as one float-to-int conversion: GCC does not vectorise that shift's
+  // int-to-unsigned step for SSE2. The product is exact and below 2^31.
+  scale.i = static_cast<int32_t>((n + 127.0f) * 8388608.0f);
+  return q * scale.f;
+}
+#endif
 
 CLIF_HD float exp_approx(float z) {
 #if defined(__CUDA_ARCH__)
   return __expf(z);  // ex2.approx: 2 ulp, one MUFU op
 #else
-  return std::exp(z);
+  return exp_host(z);
 #endif
 }
 CLIF_HD double exp_approx(double z) { return std::exp(z); }
@@ -64,57 +105,77 @@ CLIF_HD acc_t sigmoid(acc_t z) {
   return acc_t(1) / (acc_t(1) + exp_approx(-z));
 }
 
-// One forward step of one neuron: updates v and m in place and returns h_t; s_t = h_t >= th.
+// One forward step of one neuron: updates v and m in place, returns h_t (s_t = h_t >= th) and
+// sets a = sigmoid(h_t / tau), r = sigmoid(m_t) (both 0 for LIF), which the backward reuses.
 template <bool IS_CLIF, typename acc_t>
-CLIF_HD acc_t step(const Params<acc_t>& p, acc_t& v, acc_t& m, acc_t x) {
+CLIF_HD acc_t step(const Params<acc_t>& p, acc_t& v, acc_t& m, acc_t x, acc_t& a, acc_t& r) {
   const acc_t h = p.gamma * v + p.c * x + p.b;
   const acc_t s = h >= p.th ? acc_t(1) : acc_t(0);
-  acc_t vn = p.hard_reset ? (acc_t(1) - s) * h + s * p.v_reset : h - s * p.th;
+  // hard: (1 - s) h + s v_reset; soft: h - s th.
+  acc_t vn = p.hard * ((acc_t(1) - s) * h + s * p.v_reset) + (acc_t(1) - p.hard) * (h - s * p.th);
+  a = acc_t(0);
+  r = acc_t(0);
   if (IS_CLIF) {
-    const acc_t a = sigmoid(h * p.inv_tau);
+    a = sigmoid(h * p.inv_tau);
     m = m * a + s;
-    vn -= s * sigmoid(m);
+    r = sigmoid(m);
+    vn -= s * r;
   }
   v = vn;
   return h;
 }
 
-template <typename acc_t>
-CLIF_HD acc_t surrogate_grad(const Params<acc_t>& p, acc_t z) {
-  const acc_t al = p.alpha;
+// sigma'(z), the surrogate derivative of the spike at z = h - threshold (spec, Backward), for a
+// group of L neurons. The switch sits outside the lane loops so that each loop vectorises.
+template <int L, typename acc_t>
+CLIF_HD void surrogate_grads(const Params<acc_t>& p, const acc_t* h, acc_t* out) {
+  const acc_t al = p.alpha, th = p.th;
   switch (p.surrogate) {
     case kRectangle:
-      return (z <= acc_t(0.5) * al && z >= -acc_t(0.5) * al) ? acc_t(1) / al : acc_t(0);
-    case kSigmoid: {
-      const acc_t g = sigmoid(al * z);
-      return al * g * (acc_t(1) - g);
-    }
-    case kAtan: {
-      const acc_t w = acc_t(1.5707963267948966) * al * z;
-      return acc_t(0.5) * al / (acc_t(1) + w * w);
-    }
-    default: {
-      const acc_t g = acc_t(1) / al - (z < 0 ? -z : z) / (al * al);
-      return g > acc_t(0) ? g : acc_t(0);
-    }
+CLIF_LANES
+      for (int l = 0; l < L; ++l) {
+        const acc_t z = h[l] - th;
+        out[l] = (z <= acc_t(0.5) * al && z >= -acc_t(0.5) * al) ? acc_t(1) / al : acc_t(0);
+      }
+      break;
+    case kSigmoid:
+CLIF_LANES
+      for (int l = 0; l < L; ++l) {
+        const acc_t g = sigmoid(al * (h[l] - th));
+        out[l] = al * g * (acc_t(1) - g);
+      }
+      break;
+    case kAtan:
+CLIF_LANES
+      for (int l = 0; l < L; ++l) {
+        const acc_t w = acc_t(1.5707963267948966) * al * (h[l] - th);
+        out[l] = acc_t(0.5) * al / (acc_t(1) + w * w);
+      }
+      break;
+    default:
+CLIF_LANES
+      for (int l = 0; l < L; ++l) {
+        const acc_t z = h[l] - th;
+        const acc_t g = acc_t(1) / al - (z < 0 ? -z : z) / (al * al);
+        out[l] = g > acc_t(0) ? g : acc_t(0);
+      }
   }
 }
 
-// One backward step (spec, Backward) from h_t, m_{t-1} and the spike gradient gs_t. gv and gm
-// carry the gradients of v_t and m_t in, and leave as those of v_{t-1} and m_{t-1}. Returns gx_t.
+// One backward step (spec, Backward) from h_t, m_{t-1}, a_t = sigmoid(h_t / tau),
+// r_t = sigmoid(m_t), the spike gradient gs_t and the surrogate derivative
+// sg = sigma'(h_t - threshold). gv and gm carry the gradients of v_t and m_t in, and leave as
+// those of v_{t-1} and m_{t-1}. Returns gx_t.
 template <bool IS_CLIF, typename acc_t>
-CLIF_HD acc_t step_backward(const Params<acc_t>& p, acc_t h, acc_t mp, acc_t gs, acc_t& gv,
-                            acc_t& gm) {
+CLIF_HD acc_t step_backward(const Params<acc_t>& p, acc_t h, acc_t mp, acc_t a, acc_t r,
+                            acc_t gs, acc_t sg, acc_t& gv, acc_t& gm) {
   const acc_t s = h >= p.th ? acc_t(1) : acc_t(0);
-  acc_t a = 0, r = 0, gm1 = 0;
-  if (IS_CLIF) {
-    a = sigmoid(h * p.inv_tau);
-    r = sigmoid(mp * a + s);
-    gm1 = gm - gv * s * r * (acc_t(1) - r);
-  }
-  const acc_t dvds = p.hard_reset ? p.v_reset - h - r : -p.th - r;
-  const acc_t gs1 = gs + (p.detach_reset ? acc_t(0) : gv * dvds) + gm1;
-  acc_t gh = gv * (p.hard_reset ? acc_t(1) - s : acc_t(1)) + gs1 * surrogate_grad(p, h - p.th);
+  const acc_t gm1 = IS_CLIF ? gm - gv * s * r * (acc_t(1) - r) : acc_t(0);
+  // dv/ds: v_reset - h - r (hard) or -th - r (soft), and 0 when detach_reset.
+  const acc_t dvds = p.hard * (p.v_reset - h - r) + (acc_t(1) - p.hard) * (-p.th - r);
+  const acc_t gs1 = gs + p.keep_reset * (gv * dvds) + gm1;
+  // dv/dh: 1 - s (hard) or 1 (soft).
+  acc_t gh = gv * (acc_t(1) - p.hard * s) + gs1 * sg;
   if (IS_CLIF) {
     gh += gm1 * mp * a * (acc_t(1) - a) * p.inv_tau;
     gm = gm1 * a;
@@ -123,6 +184,15 @@ CLIF_HD acc_t step_backward(const Params<acc_t>& p, acc_t h, acc_t mp, acc_t gs,
   return p.c * gh;
 }
 
+// Whether the backward keeps a_t and r_t from its recompute (CPU: stack arrays, and the reverse
+// loop then has no exp and vectorises) or computes them again (GPU: two more register arrays
+// would cost 2 * K * L registers per thread, more than the two sigmoids cost).
+#if defined(__CUDA_ARCH__)
+constexpr bool kKeepSigmoids = false;
+#else
+constexpr bool kKeepSigmoids = true;
+#endif
+
 // ---------------------------------------------------------------------------------------------
 // Drivers over all T steps for a group of L neurons. IO provides, for its group:
 //   load_initial(v[L], m[L]), store_final(v, m), load_x(t, x[L]), store_spikes(t, s[L]),
@@ -130,15 +200,19 @@ CLIF_HD acc_t step_backward(const Params<acc_t>& p, acc_t h, acc_t mp, acc_t gs,
 //   store_gx(t, gx[L]), store_initial_grads(gv, gm), and the flag `save`.
 
 template <bool IS_CLIF, int L, typename acc_t, typename IO>
-CLIF_HD void forward_sequence(const Params<acc_t>& p, int64_t T, IO& io) {
+CLIF_HD void forward_sequence(const Params<acc_t>& params, int64_t T, IO& io) {
+  // A private copy: the compiler cannot prove that the output stores leave `params` alone, and
+  // would reload it (and keep its branches) inside the lane loops.
+  const Params<acc_t> p = params;
   acc_t v[L], m[L], x[L], s[L];
   io.load_initial(v, m);
   for (int64_t t = 0; t < T; ++t) {
     if (io.save && t > 0 && t % kCkptEvery == 0) io.store_ckpt(t / kCkptEvery - 1, v, m);
     io.load_x(t, x);
-CLIF_UNROLL
+CLIF_LANES
     for (int l = 0; l < L; ++l) {
-      s[l] = step<IS_CLIF>(p, v[l], m[l], x[l]) >= p.th ? acc_t(1) : acc_t(0);
+      acc_t a, r;
+      s[l] = step<IS_CLIF>(p, v[l], m[l], x[l], a, r) >= p.th ? acc_t(1) : acc_t(0);
     }
     io.store_spikes(t, s);
   }
@@ -146,7 +220,8 @@ CLIF_UNROLL
 }
 
 template <bool IS_CLIF, int L, typename acc_t, typename IO>
-CLIF_HD void backward_sequence(const Params<acc_t>& p, int64_t T, IO& io) {
+CLIF_HD void backward_sequence(const Params<acc_t>& params, int64_t T, IO& io) {
+  const Params<acc_t> p = params;  // see forward_sequence
   constexpr int K = kCkptEvery;
   acc_t gv[L], gm[L];
   io.load_final_grads(gv, gm);
@@ -159,29 +234,45 @@ CLIF_HD void backward_sequence(const Params<acc_t>& p, int64_t T, IO& io) {
     } else {
       io.load_ckpt(j - 1, v, m);
     }
-    // h_t and m_{t-1} of the segment: with full unrolling the indices are constants, so on the
-    // GPU these arrays live in registers.
+    // h_t and m_{t-1} of the segment (and a_t, r_t where kept): with full unrolling the
+    // indices are constants, so on the GPU these arrays live in registers.
     acc_t H[K][L] = {}, MP[K][L] = {};
+    acc_t A[kKeepSigmoids ? K : 1][L] = {}, R[kKeepSigmoids ? K : 1][L] = {};
 CLIF_UNROLL
     for (int k = 0; k < K; ++k) {
       if (k < len) {
         acc_t x[L];
         io.load_x(t0 + k, x);
-CLIF_UNROLL
+CLIF_LANES
         for (int l = 0; l < L; ++l) {
           MP[k][l] = m[l];
-          H[k][l] = step<IS_CLIF>(p, v[l], m[l], x[l]);
+          acc_t a, r;
+          H[k][l] = step<IS_CLIF>(p, v[l], m[l], x[l], a, r);
+          if (kKeepSigmoids) {
+            A[kKeepSigmoids ? k : 0][l] = a;
+            R[kKeepSigmoids ? k : 0][l] = r;
+          }
         }
       }
     }
 CLIF_UNROLL
     for (int k = K - 1; k >= 0; --k) {
       if (k < len) {
-        acc_t gs[L], gx[L];
+        acc_t gs[L], gx[L], sg[L];
         io.load_gs(t0 + k, gs);
-CLIF_UNROLL
+        surrogate_grads<L>(p, H[k], sg);
+CLIF_LANES
         for (int l = 0; l < L; ++l) {
-          gx[l] = step_backward<IS_CLIF>(p, H[k][l], MP[k][l], gs[l], gv[l], gm[l]);
+          const acc_t h = H[k][l], mp = MP[k][l];
+          acc_t a = 0, r = 0;
+          if (kKeepSigmoids) {
+            a = A[kKeepSigmoids ? k : 0][l];
+            r = R[kKeepSigmoids ? k : 0][l];
+          } else if (IS_CLIF) {
+            a = sigmoid(h * p.inv_tau);
+            r = sigmoid(mp * a + (h >= p.th ? acc_t(1) : acc_t(0)));
+          }
+          gx[l] = step_backward<IS_CLIF>(p, h, mp, a, r, gs[l], sg[l], gv[l], gm[l]);
         }
         io.store_gx(t0 + k, gx);
       }
@@ -239,17 +330,17 @@ struct GroupIO : GroupData<scalar_t, acc_t> {
 
   CLIF_HD void load(const scalar_t* row, acc_t* out) const {
     const P pk = *reinterpret_cast<const P*>(row + n0);
-CLIF_UNROLL
+CLIF_LANES
     for (int l = 0; l < L; ++l) out[l] = static_cast<acc_t>(pk.v[l]);
   }
   CLIF_HD void store(scalar_t* row, const acc_t* in) const {
     P pk;
-CLIF_UNROLL
+CLIF_LANES
     for (int l = 0; l < L; ++l) pk.v[l] = static_cast<scalar_t>(in[l]);
     *reinterpret_cast<P*>(row + n0) = pk;
   }
   CLIF_HD void fill(acc_t* out, acc_t value) const {
-CLIF_UNROLL
+CLIF_LANES
     for (int l = 0; l < L; ++l) out[l] = value;
   }
 
@@ -264,14 +355,14 @@ CLIF_UNROLL
   CLIF_HD void load_x(int64_t t, acc_t* out) const { load(x + t * N, out); }
   CLIF_HD void store_spikes(int64_t t, const acc_t* s) const { store(spikes + t * N, s); }
   CLIF_HD void store_ckpt(int64_t j, const acc_t* v, const acc_t* m) const {
-CLIF_UNROLL
+CLIF_LANES
     for (int l = 0; l < L; ++l) {
       ckpt[(2 * j) * N + n0 + l] = v[l];
       ckpt[(2 * j + 1) * N + n0 + l] = m[l];
     }
   }
   CLIF_HD void load_ckpt(int64_t j, acc_t* v, acc_t* m) const {
-CLIF_UNROLL
+CLIF_LANES
     for (int l = 0; l < L; ++l) {
       v[l] = ckpt[(2 * j) * N + n0 + l];
       m[l] = ckpt[(2 * j + 1) * N + n0 + l];

@@ -9,9 +9,11 @@
 namespace clif {
 namespace {
 
-// 16 lanes: one 64-byte cache line of fp32 per row and step; the backward's recompute arrays
-// take 2 * 8 * 16 values (1 KiB of stack).
-constexpr int kLanes = 16;
+// 64 lanes: 256 contiguous bytes of fp32 per row and step. At 16 lanes the forward ran 3x
+// slower (T=8, N=2^20, one thread, 2026-11-28): the T rows of a group sit N*4 bytes apart, a
+// power of two for common N, so their lines compete for the same cache sets; longer runs per
+// row amortise that. The backward's stack arrays take 4 * 8 * 64 floats (8 KiB).
+constexpr int kLanes = 64;
 
 template <typename scalar_t>
 using acc_type = typename std::conditional<std::is_same<scalar_t, double>::value, double,

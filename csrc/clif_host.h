@@ -91,8 +91,8 @@ Params<acc_t> make_params(double tau, double v_threshold, c10::optional<double> 
   p.v_reset = static_cast<acc_t>(vr);
   p.v_init = static_cast<acc_t>(vr);
   p.alpha = static_cast<acc_t>(alpha);
-  p.hard_reset = hard;
-  p.detach_reset = detach_reset;
+  p.hard = hard ? acc_t(1) : acc_t(0);
+  p.keep_reset = detach_reset ? acc_t(0) : acc_t(1);
   p.surrogate = static_cast<int>(surrogate);
   return p;
 }

@@ -298,4 +298,6 @@ def test_float64_gradcheck(backend, is_clif, v_reset, decay_input):
         f = lambda x, v0: fn(x, v0=v0, **kw)  # noqa: E731
         inputs = (x, v0)
     inputs = tuple(t.clone().requires_grad_() for t in inputs)
-    assert torch.autograd.gradcheck(f, inputs, eps=1e-7, atol=1e-9, rtol=1e-6)
+    # Central differences in float64 at eps=1e-6 carry ~1e-10 of rounding; atol 1e-7 keeps a wide
+    # margin above that while the gradients checked are of order 1e-3 to 1.
+    assert torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-7, rtol=1e-5)
