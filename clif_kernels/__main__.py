@@ -1,4 +1,4 @@
-"""Command line: `python -m clif_kernels check` (and the commands later issues add)."""
+"""Command line: `python -m clif_kernels check` and `python -m clif_kernels bench`."""
 from __future__ import annotations
 
 import argparse
@@ -23,6 +23,10 @@ def main(argv=None):
     check.add_argument("--neurons", type=int, default=None,
                        help="N (default 3000 on the CPU, 1000003 on a GPU)")
     check.add_argument("--seed", type=int, default=0)
+    sub.add_parser("bench", help="benchmark sweep (see --help of the command)", add_help=False)
+    if argv[:1] == ["bench"]:
+        from .benchmark import main as bench_main
+        return bench_main(argv[1:])
     args = parser.parse_args(argv)
 
     import torch

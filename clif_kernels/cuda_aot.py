@@ -28,11 +28,11 @@ def nvcc_command(arch: int, out: str):
     if cuda_home is None:
         raise RuntimeError("nvcc not found")
     os.environ["CUDA_HOME"] = cuda_home
-    import torch
     from torch.utils import cpp_extension
-    std = "c++20" if tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 10) else \
-        "c++17"
     incs = [CSRC] + cpp_extension.include_paths()
+    # The language standard torch's headers demand (C++20 in recent releases, C++17 before).
+    with open(os.path.join(incs[1], "ATen", "ATen.h")) as f:
+        std = "c++20" if "C++20" in f.read() else "c++17"
     return ([os.path.join(cuda_home, "bin", "nvcc"), "-c", os.path.join(CSRC, "clif_cuda_kernels.cu"),
              "-o", out, f"-std={std}", "-O3", "--expt-relaxed-constexpr",
              "-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__",
