@@ -38,7 +38,7 @@ if python3 -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1
   GPU=1
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv | tee -a "$LOG"
   export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} CLIF_KERNELS_BUILD_CUDA=1
-  BENCH=(--time-budget "${BENCH_SECONDS:-300}")
+  BENCH=(--time-budget "${BENCH_SECONDS:-240}")
 else
   GPU=0
   echo "no GPU: dry run on the CPU" | tee -a "$LOG"

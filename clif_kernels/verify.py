@@ -72,7 +72,9 @@ def run_with_grads(fn, x, v0, m0, grads, **kw):
 
 def reference64(is_clif, x, v0, m0, grads, **params):
     """Float64 reference results, and the mask `[*]` of neurons near a discontinuity."""
-    up = lambda t: None if t is None else t.detach().double().cpu()  # noqa: E731
+    # On the input's device: float64 is cheap enough on a GPU, and the CPU would be the
+    # bottleneck of `check` there.
+    up = lambda t: None if t is None else t.detach().double()  # noqa: E731
     g64 = {k: up(v) for k, v in grads.items()}
     res = run_with_grads(neuron_fn(is_clif), up(x), up(v0), up(m0), g64, backend="torch",
                          **params)
@@ -81,11 +83,11 @@ def reference64(is_clif, x, v0, m0, grads, **params):
     th = opts.v_threshold
     points = [th] + ([th - opts.alpha / 2, th + opts.alpha / 2]
                      if opts.surrogate == "rectangle" else [])
-    near = torch.zeros(h.shape, dtype=torch.bool)
+    near = torch.zeros(h.shape, dtype=torch.bool, device=h.device)
     for p in points:
         near |= (h - p).abs() < NEAR * max(1.0, abs(p))
     bad = near.any(0) if h.shape[0] else torch.zeros(h.shape[1:], dtype=torch.bool)
-    return res, bad
+    return res, bad.cpu()
 
 
 def rel_err(a, b):
@@ -109,7 +111,7 @@ def measure(res, ref, bad):
         a, b = res[key], ref[key]
         if a is None or b is None:
             continue
-        a = a.detach().cpu()
+        a, b = a.detach().cpu(), b.detach().cpu()
         ak, bk = (a[:, keep], b[:, keep]) if a.dim() == keep.dim() + 1 else (a[keep], b[keep])
         if key == "spikes":
             out[key] = int((ak.double() != bk).sum())
