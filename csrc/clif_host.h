@@ -152,44 +152,43 @@ const scalar_t* opt_ptr(const OptTensor& t) {
   return t.has_value() ? t->data_ptr<scalar_t>() : nullptr;
 }
 
-// Where one launch reads and writes, for the forward or the backward.
+// Where one launch reads and writes: the inputs both passes share, then each pass's own.
 template <typename scalar_t, typename acc_t>
-GroupData<scalar_t, acc_t> fwd_io(const FwdResult& out, const Tensor& x,
-                                             const OptTensor& v0, const OptTensor& m0,
-                                             bool is_clif, acc_t v_init) {
-  GroupData<scalar_t, acc_t> io;
-  io.x = x.data_ptr<scalar_t>();
-  io.v0 = opt_ptr<scalar_t>(v0);
-  io.m0 = is_clif ? opt_ptr<scalar_t>(m0) : nullptr;
-  io.ckpt = std::get<3>(out).data_ptr<acc_t>();
-  io.spikes = std::get<0>(out).data_ptr<scalar_t>();
-  io.vT = std::get<1>(out).data_ptr<scalar_t>();
-  io.mT = is_clif ? std::get<2>(out).data_ptr<scalar_t>() : nullptr;
-  io.N = x.size(1);
-  io.v_init = v_init;
-  io.save = std::get<3>(out).numel() > 0;
-  return io;
-}
-
-template <typename scalar_t, typename acc_t>
-GroupData<scalar_t, acc_t> bwd_io(const BwdResult& out, const Tensor& x,
-                                             const OptTensor& v0, const OptTensor& m0,
-                                             const Tensor& ckpt, const OptTensor& gs,
-                                             const OptTensor& gvT, const OptTensor& gmT,
-                                             bool is_clif, acc_t v_init) {
+GroupData<scalar_t, acc_t> common_io(const Tensor& x, const OptTensor& v0, const OptTensor& m0,
+                                     const Tensor& ckpt, bool is_clif, acc_t v_init) {
   GroupData<scalar_t, acc_t> io;
   io.x = x.data_ptr<scalar_t>();
   io.v0 = opt_ptr<scalar_t>(v0);
   io.m0 = is_clif ? opt_ptr<scalar_t>(m0) : nullptr;
   io.ckpt = ckpt.numel() ? ckpt.data_ptr<acc_t>() : nullptr;
+  io.N = x.size(1);
+  io.v_init = v_init;
+  return io;
+}
+
+template <typename scalar_t, typename acc_t>
+GroupData<scalar_t, acc_t> fwd_io(const FwdResult& out, const Tensor& x, const OptTensor& v0,
+                                  const OptTensor& m0, bool is_clif, acc_t v_init) {
+  auto io = common_io<scalar_t>(x, v0, m0, std::get<3>(out), is_clif, v_init);
+  io.spikes = std::get<0>(out).data_ptr<scalar_t>();
+  io.vT = std::get<1>(out).data_ptr<scalar_t>();
+  io.mT = is_clif ? std::get<2>(out).data_ptr<scalar_t>() : nullptr;
+  io.save = std::get<3>(out).numel() > 0;
+  return io;
+}
+
+template <typename scalar_t, typename acc_t>
+GroupData<scalar_t, acc_t> bwd_io(const BwdResult& out, const Tensor& x, const OptTensor& v0,
+                                  const OptTensor& m0, const Tensor& ckpt, const OptTensor& gs,
+                                  const OptTensor& gvT, const OptTensor& gmT, bool is_clif,
+                                  acc_t v_init) {
+  auto io = common_io<scalar_t>(x, v0, m0, ckpt, is_clif, v_init);
   io.gs = opt_ptr<scalar_t>(gs);
   io.gvT = opt_ptr<scalar_t>(gvT);
   io.gmT = is_clif ? opt_ptr<scalar_t>(gmT) : nullptr;
   io.gx = std::get<0>(out).data_ptr<scalar_t>();
   io.gv0 = v0.has_value() ? std::get<1>(out).data_ptr<scalar_t>() : nullptr;
   io.gm0 = std::get<2>(out).numel() ? std::get<2>(out).data_ptr<scalar_t>() : nullptr;
-  io.N = x.size(1);
-  io.v_init = v_init;
   return io;
 }
 
