@@ -248,14 +248,17 @@ def test_compile_fullgraph(backend, is_clif):
         out = fn(x, v0=v0, tau=1.7, surrogate="sigmoid", return_state=True, backend=backend)
         return out[0].sum() + (out[1] * out[1]).sum()
 
-    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    # The default backend (inductor), as users run it; fullgraph fails on any graph break.
+    compiled = torch.compile(step, fullgraph=True)
     x = torch.randn(9, 4, 21, device=DEVICE[backend])
     v0 = torch.randn(4, 21, device=DEVICE[backend])
     xe, ve = x.clone().requires_grad_(), v0.clone().requires_grad_()
     xc, vc = x.clone().requires_grad_(), v0.clone().requires_grad_()
     step(xe, ve).backward()
     compiled(xc, vc).backward()
-    assert torch.equal(xe.grad, xc.grad) and torch.equal(ve.grad, vc.grad)
+    # Inductor may fuse the elementwise ops around the neuron differently: fp32 rounding.
+    torch.testing.assert_close(xc.grad, xe.grad, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(vc.grad, ve.grad, rtol=1e-5, atol=1e-6)
 
 
 def _draw_away_from_jumps(opts, is_clif, v0, m0, margin):
