@@ -4,7 +4,8 @@
     >>> spikes = clif_kernels.clif(torch.randn(8, 4, 16))
 """
 from .functional import clif, lif
+from .modules import CLIFNode, LIFNode
 from .options import BACKENDS, SURROGATES
 
 __version__ = "0.1.0"
-__all__ = ["clif", "lif", "BACKENDS", "SURROGATES", "__version__"]
+__all__ = ["clif", "lif", "CLIFNode", "LIFNode", "BACKENDS", "SURROGATES", "__version__"]

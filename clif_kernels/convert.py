@@ -1,0 +1,50 @@
+"""Deployment: replace CLIF neurons by LIF neurons with a hard reset.
+
+CLIF's complementary potential costs a state and two sigmoids per step; LIF hardware and
+deployment stacks do not have it. The paper's authors report that a network trained with CLIF
+keeps most of its accuracy when its neurons become hard-reset LIF neurons, best with a negative
+reset value (the complementary term had lowered the membrane after each spike, and a reset below
+zero imitates that). Try a few values of `v_reset` on held-out data.
+"""
+from __future__ import annotations
+
+from torch import nn
+
+from .modules import CLIFNode, LIFNode
+
+
+def clif_to_lif(model: nn.Module, v_reset: float = 0.0) -> nn.Module:
+    """Replace, in place, every `CLIFNode` of `model` (and a SpikingJelly
+    `ComplementaryLIFNode`) by a `LIFNode` with the same tau, threshold, surrogate, input decay,
+    step mode and backend, and a hard reset to `v_reset`. Returns `model` (a bare node is
+    returned converted).
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(4, 4), CLIFNode(step_mode="m"))
+        >>> net = clif_to_lif(net, v_reset=-0.2)
+    """
+    if _is_clif(model):
+        return _to_lif(model, v_reset)
+    for name, child in model.named_children():
+        if _is_clif(child):
+            setattr(model, name, _to_lif(child, v_reset))
+        else:
+            clif_to_lif(child, v_reset)
+    return model
+
+
+def _is_clif(m):
+    return isinstance(m, CLIFNode) or type(m).__name__ == "ComplementaryLIFNode"
+
+
+def _to_lif(node, v_reset):
+    if isinstance(node, CLIFNode):
+        o = node.opts
+        return LIFNode(tau=o.tau, v_threshold=o.v_threshold, v_reset=v_reset,
+                       decay_input=o.decay_input, surrogate=o.surrogate, alpha=o.alpha,
+                       detach_reset=o.detach_reset, step_mode=node.step_mode,
+                       backend=node.backend)
+    # SpikingJelly's ComplementaryLIFNode: soft reset, no input decay, its surrogate object.
+    return LIFNode(tau=float(node.tau), v_threshold=float(node.v_threshold), v_reset=v_reset,
+                   decay_input=False, surrogate_function=node.surrogate_function,
+                   step_mode=node.step_mode)

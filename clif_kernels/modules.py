@@ -1,0 +1,132 @@
+"""Neuron modules, drop-in for SpikingJelly's `ComplementaryLIFNode` and `LIFNode`.
+
+State (`v`, and `m` for CLIF) is carried from one call to the next until `reset()`; `detach()`
+cuts the graph through it (SpikingJelly's `functional.reset_net` and `functional.detach_net` call
+these). Gradients flow through the carried state into the previous call.
+
+    >>> node = CLIFNode(step_mode="m")
+    >>> spikes = node(torch.randn(8, 32, 128))     # [T, N, *]
+    >>> node.reset()
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .functional import clif, lif
+from .options import make_options
+
+
+def surrogate_spec(surrogate, alpha=None):
+    """(name, alpha) in this package's convention from a name, an object with `alpha`, or a
+    SpikingJelly surrogate (`Rect`, `Sigmoid`, `ATan`).
+
+    SpikingJelly's `Rect(alpha)` has height alpha and half-width 0.5/alpha; the paper's rectangle
+    here has height 1/alpha and half-width alpha/2, so `Rect(a)` maps to alpha = 1/a. Its
+    `Sigmoid(alpha)` and `ATan(alpha)` are the same functions as here.
+    """
+    if isinstance(surrogate, str):
+        return surrogate, alpha
+    kind = type(surrogate).__name__.lower()
+    a = getattr(surrogate, "alpha", None)
+    if a is None:
+        raise TypeError(f"surrogate object {type(surrogate).__name__} has no `alpha`")
+    a = float(a)
+    if kind in ("rect", "rectangle"):
+        return "rectangle", (1.0 / a if type(surrogate).__name__ == "Rect" else a)
+    for name in ("sigmoid", "atan", "triangle"):
+        if kind == name:
+            return name, a
+    raise ValueError(f"unsupported surrogate {type(surrogate).__name__}; use rectangle, sigmoid, "
+                     "atan or triangle (or SpikingJelly's Rect, Sigmoid, ATan)")
+
+
+class _Node(nn.Module):
+    _is_clif = True
+
+    def __init__(self, tau, v_threshold, v_reset, decay_input, surrogate, alpha, detach_reset,
+                 step_mode, backend, store_state_seqs, surrogate_function):
+        super().__init__()
+        if surrogate_function is not None:
+            surrogate = surrogate_function
+        name, alpha = surrogate_spec(surrogate, alpha)
+        self.opts = make_options(tau, v_threshold, v_reset, decay_input, name, alpha,
+                                 detach_reset)
+        if step_mode not in ("s", "m"):
+            raise ValueError(f"step_mode must be 's' or 'm', got {step_mode!r}")
+        if store_state_seqs:
+            raise NotImplementedError("store_state_seqs=True: the fused kernels do not keep the "
+                                      "per-step states yet; use the functional reference "
+                                      "(clif_kernels.reference.neuron_reference) to trace them")
+        self.step_mode = step_mode
+        self.backend = backend
+        self.reset()
+
+    def reset(self):
+        """Forget the carried state (the next call starts from the spec's initial state)."""
+        self.v = None
+        self.m = None
+
+    def detach(self):
+        """Cut the autograd graph through the carried state."""
+        if self.v is not None:
+            self.v = self.v.detach()
+        if self.m is not None:
+            self.m = self.m.detach()
+
+    def _kwargs(self):
+        o = self.opts
+        return dict(tau=o.tau, v_threshold=o.v_threshold, v_reset=o.v_reset,
+                    decay_input=o.decay_input, surrogate=o.surrogate, alpha=o.alpha,
+                    detach_reset=o.detach_reset, backend=self.backend, return_state=True)
+
+    def _state_like(self, state, x):
+        # A carried state from a batch of another shape (the last, smaller batch of an epoch)
+        # cannot continue: start again, as SpikingJelly does after reset_net.
+        if state is None or state.shape != x.shape or state.device != x.device:
+            return None
+        return state.to(x.dtype)
+
+    def forward(self, x):
+        x_seq = x.unsqueeze(0) if self.step_mode == "s" else x
+        v0 = self._state_like(self.v, x_seq[0])
+        if self._is_clif:
+            m0 = self._state_like(self.m, x_seq[0]) if v0 is not None else None
+            spikes, self.v, self.m = clif(x_seq, v0=v0, m0=m0, **self._kwargs())
+        else:
+            spikes, self.v = lif(x_seq, v0=v0, **self._kwargs())
+        return spikes[0] if self.step_mode == "s" else spikes
+
+    def extra_repr(self):
+        o = self.opts
+        return (f"tau={o.tau}, v_threshold={o.v_threshold}, v_reset={o.v_reset}, "
+                f"decay_input={o.decay_input}, surrogate={o.surrogate}(alpha={o.alpha}), "
+                f"detach_reset={o.detach_reset}, step_mode={self.step_mode}, "
+                f"backend={self.backend}")
+
+
+class CLIFNode(_Node):
+    """CLIF neuron module (Huang et al., ICML 2024). Defaults are the paper's: soft reset, no input
+    decay, rectangle surrogate. `step_mode="s"`: input `[N, *]`, one fused step; `"m"`: input
+    `[T, N, *]`, the whole sequence in one fused launch."""
+
+    _is_clif = True
+
+    def __init__(self, tau=2.0, v_threshold=1.0, v_reset=None, decay_input=False,
+                 surrogate="rectangle", alpha=None, detach_reset=False, step_mode="s",
+                 backend="auto", store_state_seqs=False, surrogate_function=None):
+        super().__init__(tau, v_threshold, v_reset, decay_input, surrogate, alpha, detach_reset,
+                         step_mode, backend, store_state_seqs, surrogate_function)
+
+
+class LIFNode(_Node):
+    """LIF neuron module with SpikingJelly's `LIFNode` defaults: hard reset to 0, input decay,
+    sigmoid surrogate (alpha 4)."""
+
+    _is_clif = False
+
+    def __init__(self, tau=2.0, v_threshold=1.0, v_reset=0.0, decay_input=True,
+                 surrogate="sigmoid", alpha=None, detach_reset=False, step_mode="s",
+                 backend="auto", store_state_seqs=False, surrogate_function=None):
+        super().__init__(tau, v_threshold, v_reset, decay_input, surrogate, alpha, detach_reset,
+                         step_mode, backend, store_state_seqs, surrogate_function)

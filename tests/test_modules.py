@@ -1,0 +1,143 @@
+"""The neuron modules: step modes, carried state, reset/detach, SpikingJelly surrogate mapping
+and equivalence, CLIF-to-LIF conversion."""
+import pytest
+import torch
+from torch import nn
+
+import clif_kernels
+from clif_kernels import CLIFNode, LIFNode, backends
+from clif_kernels.convert import clif_to_lif
+from clif_kernels.modules import surrogate_spec
+
+try:
+    from spikingjelly.activation_based import functional as sj_functional
+    from spikingjelly.activation_based import neuron as sj_neuron
+    from spikingjelly.activation_based import surrogate as sj_surrogate
+except Exception:  # not installed (CI), or its dependencies are missing
+    sj_neuron = None
+
+
+def _x(T=6, N=(3, 17)):
+    return torch.randn(T, *N) * 1.5 + 0.3
+
+
+@pytest.mark.parametrize("cls,fn", [(CLIFNode, clif_kernels.clif), (LIFNode, clif_kernels.lif)])
+def test_multi_step_equals_functional(cls, fn):
+    node = cls(step_mode="m", backend="torch")
+    x = _x()
+    s = node(x)
+    o = node.opts
+    ref = fn(x, tau=o.tau, v_threshold=o.v_threshold, v_reset=o.v_reset,
+             decay_input=o.decay_input, surrogate=o.surrogate, alpha=o.alpha,
+             return_state=True, backend="torch")
+    assert torch.equal(s, ref[0]) and torch.equal(node.v, ref[1])
+    if cls is CLIFNode:
+        assert torch.equal(node.m, ref[2])
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpp"])
+@pytest.mark.parametrize("cls", [CLIFNode, LIFNode])
+def test_single_steps_equal_one_sequence(backend, cls):
+    """T single-step calls carry the state exactly as one multi-step call, gradients included
+    (they flow through the carried state into earlier calls)."""
+    why = backends.unavailable_reason(backend, torch.device("cpu"), torch.float32)
+    if why:
+        pytest.skip(why)
+    x = _x()
+    g = torch.randn_like(x)
+    xs, xm = x.clone().requires_grad_(), x.clone().requires_grad_()
+    single, multi = cls(step_mode="s", backend=backend), cls(step_mode="m", backend=backend)
+    out_s = torch.stack([single(xs[t]) for t in range(x.shape[0])])
+    out_m = multi(xm)
+    assert torch.equal(out_s, out_m)
+    torch.testing.assert_close(single.v, multi.v, rtol=1e-6, atol=1e-6)
+    ((out_s * g).sum() + single.v.sum()).backward()
+    ((out_m * g).sum() + multi.v.sum()).backward()
+    torch.testing.assert_close(xs.grad, xm.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_reset_and_detach():
+    node = CLIFNode(step_mode="m", backend="torch")
+    x = _x().requires_grad_()
+    node(x)
+    assert node.v.requires_grad and node.m.requires_grad
+    node.detach()
+    assert not node.v.requires_grad and not node.m.requires_grad
+    v_before = node.v.clone()
+    node(x.detach())
+    assert not torch.equal(node.v, v_before)
+    node.reset()
+    assert node.v is None and node.m is None
+    fresh = CLIFNode(step_mode="m", backend="torch")
+    assert torch.equal(node(x.detach()), fresh(x.detach()))
+
+
+def test_state_restarts_when_batch_shape_changes():
+    node = CLIFNode(step_mode="m", backend="torch")
+    node(_x(N=(4, 5)))
+    out = node(_x(N=(2, 5)))
+    assert out.shape == (6, 2, 5) and node.v.shape == (2, 5)
+
+
+class Rect:  # stand-ins with SpikingJelly's class names and `alpha`
+    def __init__(self, alpha):
+        self.alpha = alpha
+
+
+class ATan(Rect):
+    pass
+
+
+def test_surrogate_mapping():
+    assert surrogate_spec("sigmoid", None) == ("sigmoid", None)
+    # SpikingJelly's Rect(a): height a, half-width 0.5/a = the paper's rectangle with alpha 1/a.
+    assert surrogate_spec(Rect(2.0)) == ("rectangle", 0.5)
+    assert surrogate_spec(ATan(3.0)) == ("atan", 3.0)
+    with pytest.raises(ValueError, match="unsupported surrogate"):
+        surrogate_spec(type("PiecewiseExp", (), {"alpha": 1.0})())
+    with pytest.raises(ValueError, match="step_mode"):
+        CLIFNode(step_mode="x")
+    with pytest.raises(NotImplementedError, match="store_state_seqs"):
+        CLIFNode(store_state_seqs=True)
+
+
+def test_clif_to_lif():
+    net = nn.Sequential(nn.Linear(5, 5), CLIFNode(step_mode="m", tau=3.0, v_threshold=0.8),
+                        nn.Sequential(nn.Linear(5, 5), CLIFNode(step_mode="m")))
+    clif_to_lif(net, v_reset=-0.2)
+    nodes = [m for m in net.modules() if isinstance(m, (CLIFNode, LIFNode))]
+    assert len(nodes) == 2 and all(isinstance(m, LIFNode) for m in nodes)
+    o = nodes[0].opts
+    assert (o.tau, o.v_threshold, o.v_reset, o.decay_input, o.surrogate) == \
+        (3.0, 0.8, -0.2, False, "rectangle")
+    assert net(torch.randn(4, 2, 5)).shape == (4, 2, 5)
+
+
+@pytest.mark.skipif(sj_neuron is None, reason="SpikingJelly 2.0 is not installed")
+@pytest.mark.parametrize("alpha", [1.0, 2.0])
+def test_matches_spikingjelly(alpha):
+    """A SpikingJelly network with our CLIFNode gives the same spikes, states and gradients as
+    with SpikingJelly's ComplementaryLIFNode; reset_net and detach_net drive our node."""
+    torch.manual_seed(0)
+    lin = nn.Linear(7, 9)
+    ours = nn.Sequential(lin, CLIFNode(step_mode="m",
+                                       surrogate_function=sj_surrogate.Rect(alpha=alpha)))
+    theirs = nn.Sequential(lin, sj_neuron.ComplementaryLIFNode(
+        step_mode="m", surrogate_function=sj_surrogate.Rect(alpha=alpha)))
+    x = torch.randn(8, 3, 7) * 2
+    grads = []
+    for net in (ours, theirs):
+        lin.zero_grad()
+        s = net(x)
+        (s * torch.linspace(-1, 1, s.numel()).view_as(s)).sum().backward()
+        grads.append((s.detach(), net[1].v.detach().clone(), net[1].m.detach().clone(),
+                      lin.weight.grad.clone()))
+        sj_functional.detach_net(net)
+        assert not net[1].v.requires_grad
+        sj_functional.reset_net(net)
+    (s1, v1, m1, g1), (s2, v2, m2, g2) = grads
+    assert torch.equal(s1, s2)
+    torch.testing.assert_close(v1, v2)
+    torch.testing.assert_close(m1, m2)
+    torch.testing.assert_close(g1, g2)
+    assert ours[1].v is None
