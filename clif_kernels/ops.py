@@ -1,8 +1,10 @@
 """torch.library registration of the fused kernels, with fake (meta) kernels and autograd.
 
-Each fused backend registers two ops on the flattened problem `x: [T, N]`:
-`clif_kernels::<backend>_fwd` -> (spikes [T, N], vT [N], mT [N] or [0], ckpt [C, 2, N] fp32) and
-`clif_kernels::<backend>_bwd` -> (grad_x [T, N], grad_v0 [N] or [0], grad_m0 [N] or [0]).
+Two pairs of ops on the flattened problem `x: [T, N]`, with the same signatures:
+`clif_kernels::triton_fwd/triton_bwd` (Triton, defined here) and `clif_fused::fwd/bwd` (the
+compiled extension: the C++ kernel on CPU tensors, the CUDA kernels on CUDA tensors; schemas in
+csrc/clif_ops.cpp). fwd -> (spikes [T, N], vT [N], mT [N] or [0], ckpt [C, 2, N] in fp32, or
+fp64 for fp64 input); bwd -> (grad_x [T, N], grad_v0 [N] or [0], grad_m0 [N] or [0]).
 The autograd formula is shared: the forward op saves `x`, the initial states and the checkpoints,
 and the backward op recomputes everything else.
 """
@@ -16,9 +18,9 @@ from torch import Tensor
 from . import extension, triton_kernels
 
 
-
-def _fwd_fake(x, v0, m0, tau, v_threshold, v_reset, decay_input, is_clif, save, n_ckpt):
+def _fwd_fake(x, is_clif, save):
     T, N = x.shape
+    n_ckpt = triton_kernels.n_checkpoints(T)
     return (torch.empty_like(x), x.new_empty((N,)), x.new_empty((N if is_clif else 0,)),
             x.new_empty((n_ckpt if save else 0, 2, N),
                         dtype=torch.float64 if x.dtype == torch.float64 else torch.float32))
@@ -76,8 +78,7 @@ def triton_fwd(x: Tensor, v0: Optional[Tensor], m0: Optional[Tensor], tau: float
 @triton_fwd.register_fake
 def _(x, v0, m0, tau, v_threshold, v_reset, decay_input, is_clif, save, surrogate, alpha,
       detach_reset):
-    return _fwd_fake(x, v0, m0, tau, v_threshold, v_reset, decay_input, is_clif, save,
-                     triton_kernels.n_checkpoints(x.shape[0]))
+    return _fwd_fake(x, is_clif, save)
 
 
 @torch.library.custom_op("clif_kernels::triton_bwd", mutates_args=())
@@ -119,8 +120,7 @@ def register_fused() -> bool:
     @torch.library.register_fake("clif_fused::fwd")
     def _(x, v0, m0, tau, v_threshold, v_reset, decay_input, is_clif, save, surrogate, alpha,
           detach_reset):
-        return _fwd_fake(x, v0, m0, tau, v_threshold, v_reset, decay_input, is_clif, save,
-                         triton_kernels.n_checkpoints(x.shape[0]))
+        return _fwd_fake(x, is_clif, save)
 
     @torch.library.register_fake("clif_fused::bwd")
     def _(x, v0, m0, ckpt, grad_spikes, grad_vT, grad_mT, tau, v_threshold, v_reset,
