@@ -27,6 +27,16 @@ def _check_state(name, state, x_seq):
                          f"got {state.device}")
 
 
+def _memory_order(x_seq):
+    """The neuron dimensions of `x_seq` (numbered from 0 = x_seq's dim 1) from the outermost to
+    the innermost in memory; the identity when that order would not make a dense [T, N] view."""
+    dims = list(range(x_seq.dim() - 1))
+    order = sorted(dims, key=lambda d: -x_seq.stride(d + 1))
+    if order != dims and x_seq.permute(0, *[d + 1 for d in order]).is_contiguous():
+        return order
+    return dims
+
+
 def _fused_op(backend):
     from . import ops
     if backend == "triton":
@@ -51,19 +61,23 @@ def _run(x_seq, is_clif, v0, m0, return_state, backend, **params):
     if name == "torch":
         spikes, vT, mT = neuron_reference(x_seq, opts, clif=is_clif, v0=v0, m0=m0)
     else:
-        T, shape = x_seq.shape[0], x_seq.shape[1:]
-        N = math.prod(shape)
+        # Work where the input lies: order the neuron dimensions as they sit in memory, so that a
+        # channels_last (or any dense, time-outermost) input is a [T, N] view, and the outputs
+        # and the input gradient come back with the input's strides, with no copy.
+        order = _memory_order(x_seq)
+        inv = [order.index(d) for d in range(len(order))]
+        xp = x_seq.permute(0, *[d + 1 for d in order])
+        T, N = xp.shape[0], math.prod(xp.shape[1:])
         needs_grad = torch.is_grad_enabled() and any(
             t is not None and t.requires_grad for t in (x_seq, v0, m0))
+        flat = lambda t: None if t is None else t.permute(order).reshape(N)  # noqa: E731
         spikes, vT, mT, _ = _fused_op(name)(
-            x_seq.reshape(T, N).contiguous(),
-            None if v0 is None else v0.reshape(N).contiguous(),
-            None if m0 is None or not is_clif else m0.reshape(N).contiguous(),
+            xp.reshape(T, N).contiguous(), flat(v0), flat(m0) if is_clif else None,
             opts.tau, opts.v_threshold, opts.v_reset, opts.decay_input, is_clif, needs_grad,
             opts.surrogate_id, opts.alpha, opts.detach_reset)
-        spikes = spikes.view(x_seq.shape)
-        vT = vT.view(shape)
-        mT = mT.view(shape) if is_clif else None
+        spikes = spikes.view(xp.shape).permute(0, *[d + 1 for d in inv])
+        vT = vT.view(xp.shape[1:]).permute(inv)
+        mT = mT.view(xp.shape[1:]).permute(inv) if is_clif else None
     if not return_state:
         return spikes
     return (spikes, vT, mT) if is_clif else (spikes, vT)

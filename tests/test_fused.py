@@ -122,9 +122,13 @@ def test_zero_steps_passes_state_gradient_through(backend):
     assert torch.equal(m0.grad.cpu(), torch.full((6,), 3.0))
 
 
-def test_non_contiguous_input(backend):
+@pytest.mark.parametrize("view", ["neurons_transposed", "time_not_outermost", "strided"])
+def test_non_contiguous_input(backend, view):
     base = torch.randn(6, 40, 9, device=DEVICE[backend])
-    x = base.transpose(1, 2)  # [6, 9, 40], not contiguous
+    x = {"neurons_transposed": base.transpose(1, 2),          # [6, 9, 40], dense
+         "time_not_outermost": base.transpose(0, 1),          # [40, 6, 9]: needs a copy
+         "strided": base[:, ::2]}[view]                       # [6, 20, 9], not dense
+    assert not x.is_contiguous()
     ref = neuron_fn(True)(x, backend="torch")
     out = neuron_fn(True)(x, backend=backend)
     assert out.shape == x.shape
@@ -304,3 +308,21 @@ def test_float64_gradcheck(backend, is_clif, v_reset, decay_input):
     # Central differences in float64 at eps=1e-6 carry ~1e-10 of rounding; atol 1e-7 keeps a wide
     # margin above that while the gradients checked are of order 1e-3 to 1.
     assert torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+@pytest.mark.parametrize("with_state", [False, True])
+def test_channels_last_input_keeps_its_layout(backend, with_state):
+    """A channels_last [T, B, C, H, W] input is processed where it lies: spikes, final states and
+    the input gradient keep its strides, and the values are the reference's."""
+    dev = DEVICE[backend]
+    base = torch.randn(4, 2, 5, 6, 3, device=dev) * 1.5 + 0.3       # [T, B, H, W, C] in memory
+    x = base.permute(0, 1, 4, 2, 3).detach().requires_grad_()       # [T, B, C, H, W] view
+    assert not x.is_contiguous()
+    v0 = (torch.randn(2, 5, 6, 3, device=dev) * 0.5).permute(0, 3, 1, 2) if with_state else None
+    s, vT, mT = neuron_fn(True)(x, v0=v0, return_state=True, backend=backend)
+    assert s.stride() == x.stride() and vT.stride() == x[0].stride()
+    ref_s, ref_v, _ = neuron_fn(True)(x.detach(), v0=v0, return_state=True, backend="torch")
+    assert torch.equal(s, ref_s)
+    torch.testing.assert_close(vT, ref_v, rtol=1e-5, atol=1e-6)
+    (s * torch.arange(s.numel(), device=dev).view(s.shape).sin()).sum().backward()
+    assert x.grad.stride() == x.stride()
