@@ -42,10 +42,15 @@ class NeuronOptions:
 
     def constants(self):
         """(gamma, c, b) of the charge h = gamma * v + c * x + b."""
-        gamma = 1.0 - 1.0 / self.tau
-        c = 1.0 / self.tau if self.decay_input else 1.0
-        b = self.v_reset / self.tau if self.hard_reset else 0.0
-        return gamma, c, b
+        return charge_constants(self.tau, self.v_reset, self.decay_input)
+
+
+def charge_constants(tau, v_reset, decay_input):
+    """(gamma, c, b) of the charge h = gamma * v + c * x + b (spec, Forward)."""
+    gamma = 1.0 - 1.0 / tau
+    c = 1.0 / tau if decay_input else 1.0
+    b = v_reset / tau if v_reset is not None else 0.0
+    return gamma, c, b
 
 
 def _finite_float(name, value):

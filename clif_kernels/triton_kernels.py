@@ -19,6 +19,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .options import charge_constants
+
 # Steps per recomputed segment. 8 keeps the two fp32 tiles of the backward at 2 * 8 values per
 # neuron, and covers the common T = 4..8 with no checkpoint at all.
 CKPT_EVERY = 8
@@ -203,11 +205,9 @@ def _empty(shape, dtype, device):
 
 
 def _scalars(tau, v_threshold, v_reset, decay_input):
-    gamma = 1.0 - 1.0 / tau
-    c = 1.0 / tau if decay_input else 1.0
-    hard = v_reset is not None
-    b = v_reset / tau if hard else 0.0
-    vr = v_reset if hard else 0.0
+    """The kernels' runtime scalars: gamma, c, b, 1/tau, threshold, v_reset, v_init."""
+    gamma, c, b = charge_constants(tau, v_reset, decay_input)
+    vr = v_reset if v_reset is not None else 0.0
     return gamma, c, b, 1.0 / tau, v_threshold, vr, vr
 
 
