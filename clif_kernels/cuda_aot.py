@@ -11,20 +11,14 @@ import subprocess
 import sys
 import tempfile
 
+from . import build_config
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CSRC = os.path.join(ROOT, "csrc")
 
 
-def _find_cuda_home():
-    """setup.py's find_cuda_home, so that both agree on the toolkit."""
-    ns = {"__file__": os.path.join(ROOT, "setup.py")}
-    src = open(os.path.join(ROOT, "setup.py")).read().split("\next_modules, cmdclass")[0]
-    exec(compile(src, "setup.py", "exec"), ns)
-    return ns["find_cuda_home"]()
-
-
 def nvcc_command(arch: int, out: str):
-    cuda_home = _find_cuda_home()
+    cuda_home = build_config.find_cuda_home()
     if cuda_home is None:
         raise RuntimeError("nvcc not found")
     os.environ["CUDA_HOME"] = cuda_home
@@ -34,7 +28,7 @@ def nvcc_command(arch: int, out: str):
     with open(os.path.join(incs[1], "ATen", "ATen.h")) as f:
         std = "c++20" if "C++20" in f.read() else "c++17"
     return ([os.path.join(cuda_home, "bin", "nvcc"), "-c", os.path.join(CSRC, "clif_cuda_kernels.cu"),
-             "-o", out, f"-std={std}", "-O3", "--expt-relaxed-constexpr",
+             "-o", out, f"-std={std}", *build_config.NVCC_FLAGS,
              "-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__",
              "-D__CUDA_NO_BFLOAT16_CONVERSIONS__", "-D__CUDA_NO_HALF2_OPERATORS__",
              "--compiler-options", "-fPIC",

@@ -12,6 +12,8 @@ import os
 
 import torch
 
+from . import build_config
+
 CSRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "csrc")
 _loaded = {"cpp": False, "cuda": False}
 load_errors = {}
@@ -49,18 +51,18 @@ def jit_build(cuda: bool | None = None, verbose: bool = False) -> None:
     if not os.path.isdir(CSRC):
         raise RuntimeError(f"no C++ sources at {CSRC}: jit_build needs a source checkout")
     if not _loaded["cpp"]:
-        load_ext("clif_kernels_C", [os.path.join(CSRC, f) for f in ("clif_ops.cpp",
-                                                                     "clif_cpu.cpp")],
-                 extra_cflags=["-O3", "-fopenmp", "-fno-trapping-math"], extra_ldflags=["-fopenmp"],
+        load_ext("clif_kernels_C", [os.path.join(CSRC, f) for f in build_config.CPU_SOURCES],
+                 extra_cflags=build_config.CXX_FLAGS, extra_ldflags=build_config.LINK_FLAGS,
                  extra_include_paths=[CSRC], verbose=verbose, is_python_module=False)
         _loaded["cpp"] = True
     if cuda is None:
         cuda = torch.cuda.is_available()
     if cuda and not _loaded["cuda"]:
         load_ext("clif_kernels_C_cuda",
-                 [os.path.join(CSRC, f) for f in ("clif_cuda.cpp", "clif_cuda_kernels.cu")],
-                 extra_cuda_cflags=["-O3", "--expt-relaxed-constexpr"],
-                 extra_include_paths=[CSRC], verbose=verbose, is_python_module=False)
+                 [os.path.join(CSRC, f) for f in build_config.CUDA_SOURCES],
+                 extra_cuda_cflags=build_config.NVCC_FLAGS,
+                 extra_include_paths=[CSRC] + build_config.nvidia_include_dirs(),
+                 verbose=verbose, is_python_module=False)
         _loaded["cuda"] = True
     from . import ops
     ops.register_fused()

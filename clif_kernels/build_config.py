@@ -1,0 +1,53 @@
+"""How the compiled extensions are built: sources, flags and the CUDA toolkit's location.
+
+One place for setup.py (which loads this file by path, without importing the package),
+`extension.jit_build()` and `cuda_aot`, so the three always build the same thing. Standard
+library only.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import subprocess
+
+CPU_SOURCES = ("clif_ops.cpp", "clif_cpu.cpp")
+CUDA_SOURCES = ("clif_cuda.cpp", "clif_cuda_kernels.cu")
+# No -std: torch adds the standard its headers need (C++17 up to 2.x, C++20 later).
+# -fopenmp: at::parallel_for is OpenMP in the headers, and the lane loops use `omp simd`.
+# -fno-trapping-math: lets GCC if-convert the kernel's selects and so vectorise the lane loops;
+# the code never reads floating-point exception flags. Rounding is unchanged.
+CXX_FLAGS = ["-O3", "-fopenmp", "-fno-trapping-math"]
+LINK_FLAGS = ["-fopenmp"]
+NVCC_FLAGS = ["-O3", "--expt-relaxed-constexpr"]
+
+
+def find_cuda_home():
+    """$CUDA_HOME, else the toolkit `nvcc -dryrun` reports (torch's own guess, nvcc's parent
+    folder, is wrong when nvcc is a wrapper script), else None."""
+    if os.environ.get("CUDA_HOME"):
+        return os.environ["CUDA_HOME"]
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        return None
+    # A dry run of a compile prints the toolkit's variables, _HERE_ among them (nvcc's real bin).
+    out = subprocess.run([nvcc, "-dryrun", "-x", "cu", "-c", os.devnull, "-o", os.devnull],
+                         capture_output=True, text=True)
+    for line in (out.stdout + out.stderr).splitlines():
+        if "_HERE_=" in line:
+            return os.path.dirname(line.split("_HERE_=", 1)[1].strip())
+    return os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
+
+
+def nvidia_include_dirs():
+    """Headers that torch's `nvidia` wheels ship (cuBLAS, cuSPARSE, ...), which ATen's CUDA
+    headers include and a bare toolkit may lack."""
+    try:
+        import nvidia
+    except ImportError:
+        return []
+    dirs = []
+    for base in list(nvidia.__path__):
+        dirs += glob.glob(os.path.join(base, "cu*", "include"))
+        dirs += glob.glob(os.path.join(base, "*", "include"))
+    return sorted(set(dirs))
