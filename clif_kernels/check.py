@@ -2,7 +2,6 @@
 against the float64 reference, as a table of the largest errors."""
 from __future__ import annotations
 
-import time
 
 import torch
 

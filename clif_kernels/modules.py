@@ -10,7 +10,6 @@ these). Gradients flow through the carried state into the previous call.
 """
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from .functional import clif, lif

@@ -7,8 +7,7 @@ import os
 import numpy as np
 import torch
 
-from clif_kernels.verify import (RTOL, QUANTITIES, measure, neuron_fn, random_problem,  # noqa
-                                 reference64, rel_err, run_with_grads)
+from clif_kernels.verify import QUANTITIES, RTOL, measure
 
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
 

@@ -6,9 +6,9 @@ import itertools
 import pytest
 import torch
 
-from checks import (compare, golden_cases, neuron_fn, random_problem, reference64, rel_err,
-                    run_with_grads)
+from checks import compare, golden_cases
 from clif_kernels import backends, triton_kernels
+from clif_kernels.verify import neuron_fn, random_problem, reference64, rel_err, run_with_grads
 
 SURROGATES = ("rectangle", "sigmoid", "atan", "triangle")
 HAS_GPU = torch.cuda.is_available()

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 import clif_kernels
-from checks import golden_cases, random_problem, rel_err, run_with_grads, neuron_fn
+from checks import golden_cases
+from clif_kernels.verify import neuron_fn, random_problem, rel_err, run_with_grads
 from clif_kernels.options import make_options
 from clif_kernels import reference
 
