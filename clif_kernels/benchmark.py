@@ -116,10 +116,11 @@ def _timer(device):
 def _case_fn(fn, mode, shape, dtype, device, n_buffers):
     """A zero-argument callable running one step of `mode`, rotating over input buffers so that
     consecutive calls do not find their input in cache."""
-    g = torch.Generator(device="cpu").manual_seed(0)
-    xs = [(torch.randn(shape, generator=g) * 1.5 + 0.3).to(device=device, dtype=dtype)
+    # Drawn where they are used: 3 x 2^26 fp32 draws on the host would cost seconds per case.
+    g = torch.Generator(device=device).manual_seed(0)
+    xs = [(torch.randn(shape, generator=g, device=device) * 1.5 + 0.3).to(dtype)
           for _ in range(n_buffers)]
-    grad = torch.randn(shape, generator=g).to(device=device, dtype=dtype)
+    grad = torch.randn(shape, generator=g, device=device).to(dtype)
     state = {"i": 0}
 
     def step():
@@ -161,12 +162,16 @@ def default_sweep(quick, device):
         # (8, 2^20) is the CPU target shape of the C++ kernel (T=8, N=2^20).
         return [(4, 2**14), (8, 2**16), (16, 2**14), (8, 2**20)] if device.type == "cpu" else \
             [(8, 2**20), (8, 2**23)]
-    sweep = [(8, n) for n in (2**16, 2**18, 2**20, 2**22, 2**23, 2**25)]
+    # The ResNet shape first, so that a time budget cut keeps the headline numbers.
+    sweep = [(8, n) for n in (2**23, 2**16, 2**18, 2**20, 2**22, 2**25)]
     sweep += [(t, 2**20) for t in (4, 16, 32, 128)]
     return sweep
 
 
 def _git_rev():
+    # A copy of the tree without .git (a device machine) is told its revision by the caller.
+    if os.environ.get("CLIF_KERNELS_GIT_REV"):
+        return os.environ["CLIF_KERNELS_GIT_REV"]
     try:
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root,
@@ -188,8 +193,9 @@ def _progress(i, total, label):
     sys.stderr.flush()
 
 
-def run(providers, modes, dtypes, sweep, device, time_budget=None):
-    """Measure everything; returns the CSV rows (dicts)."""
+def run(providers, modes, dtypes, sweep, device, time_budget=None, on_row=None):
+    """Measure everything; returns the CSV rows (dicts). `on_row(rows)` is called after each
+    new row, so that a run killed part-way still leaves what it measured."""
     timer = _timer(device)
     meta = {"device": _device_name(device), "torch": torch.__version__,
             "triton": _triton_version(), "git": _git_rev(),
@@ -198,6 +204,8 @@ def run(providers, modes, dtypes, sweep, device, time_budget=None):
     copy_gbps = copy_bandwidth(device, timer, 2**28 if device.type == "cuda" else 2**26)
     rows.append(dict(meta, provider="copy", mode="copy", dtype="float32", T="", N="", ms="",
                      gbps=f"{copy_gbps:.1f}", peak_mb=""))
+    if on_row:
+        on_row(rows)
     fns, skipped = {}, {}
     for p in providers:
         fn, why = make_provider(p, device)
@@ -226,6 +234,8 @@ def run(providers, modes, dtypes, sweep, device, time_budget=None):
         gbps = design_bytes(mode, T, N, dtype.itemsize) / ms / 1e6
         rows.append(dict(meta, provider=p, mode=mode, dtype=dt, T=T, N=N, ms=f"{ms:.4f}",
                          gbps=f"{gbps:.1f}", peak_mb=peak))
+        if on_row:
+            on_row(rows)
     _progress(len(cases), len(cases), "done")
     sys.stderr.write("\n")
     for p, why in skipped.items():
@@ -286,6 +296,9 @@ def main(argv=None):
                         help="stop starting new cases after this many seconds")
     parser.add_argument("--out", default=None, help="folder for the CSV, summary and plot")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--tag", default=None,
+                        help="name of the output files bench_TAG.csv, summary_TAG.md "
+                             "(default: gpu or cpu)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     providers = [p for p in args.providers.split(",") if p]
@@ -299,18 +312,22 @@ def main(argv=None):
               "the sweep); name it in --providers to include it")
     sweep = ([tuple(int(v) for v in pair.split(":")) for pair in args.sweep.split(",")]
              if args.sweep else default_sweep(args.quick, device))
-    rows = run(providers, args.modes.split(","), args.dtypes.split(","), sweep, device,
-               args.time_budget)
-    table = summary(rows)
-    print(table)
-    if args.out:
+    tag = args.tag or ("gpu" if device.type == "cuda" else "cpu")
+    csv_path = os.path.join(args.out, f"bench_{tag}.csv") if args.out else None
+    if csv_path:
         os.makedirs(args.out, exist_ok=True)
-        tag = "gpu" if device.type == "cuda" else "cpu"
-        csv_path = os.path.join(args.out, f"bench_{tag}.csv")
+
+    def write_csv(rows):
         with open(csv_path, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=COLUMNS)
             writer.writeheader()
             writer.writerows(rows)
+
+    rows = run(providers, args.modes.split(","), args.dtypes.split(","), sweep, device,
+               args.time_budget, on_row=write_csv if csv_path else None)
+    table = summary(rows)
+    print(table)
+    if args.out:
         with open(os.path.join(args.out, f"summary_{tag}.md"), "w") as f:
             f.write(table + "\n")
         print(f"wrote {csv_path} and summary_{tag}.md")

@@ -159,19 +159,24 @@ class _Block(nn.Module):
         return self.node(y)
 
 
-def _cpu_backends():
-    return [b for b in ("torch", "cpp", "triton")
-            if backends.unavailable_reason(b, torch.device("cpu"), torch.float32) is None]
+def _block_cases():
+    """(backend, device) pairs that run here: torch/cpp/triton(interpreted) on the CPU, and
+    torch/cuda/triton on the GPU when there is one."""
+    cases = [(b, "cpu") for b in ("torch", "cpp", "triton")]
+    if torch.cuda.is_available():
+        cases += [(b, "cuda") for b in ("torch", "cuda", "triton")]
+    return [pytest.param(b, d, id=f"{b}-{d}") for b, d in cases
+            if backends.unavailable_reason(b, torch.device(d), torch.float32) is None]
 
 
-@pytest.mark.parametrize("backend", _cpu_backends())
-def test_block_compiles_fullgraph(backend):
+@pytest.mark.parametrize("backend,device", _block_cases())
+def test_block_compiles_fullgraph(backend, device):
     """A conv-bn-CLIF block, T=4, compiles with fullgraph=True (no graph break) forward and
     backward, and matches eager."""
     torch._dynamo.reset()
     torch.manual_seed(0)
-    blk = _Block(backend)
-    x = torch.randn(4, 2, 3, 8, 8)
+    blk = _Block(backend).to(device)
+    x = torch.randn(4, 2, 3, 8, 8, device=device)
     eager = blk(x)
     eager.sum().backward()
     g_eager = blk.conv.weight.grad.clone()
@@ -184,28 +189,40 @@ def test_block_compiles_fullgraph(backend):
     assert rel_err(blk.conv.weight.grad, g_eager) < 1e-5
 
 
-@pytest.mark.parametrize("backend", _cpu_backends())
-def test_trains_under_autocast(backend):
-    """Under CPU autocast (bf16) the neuron takes the low-precision input as it comes, computes in
-    fp32 inside, and a conv-bn-CLIF network trains: finite loss and gradients, weights move."""
+def _autocast_cases():
+    cases = [pytest.param(c.values[0], c.values[1], torch.bfloat16, id=f"{c.id}-bf16")
+             for c in _block_cases()]
+    cases += [pytest.param(c.values[0], c.values[1], torch.float16, id=f"{c.id}-fp16")
+              for c in _block_cases() if c.values[1] == "cuda"]
+    return cases
+
+
+@pytest.mark.parametrize("backend,device,dtype", _autocast_cases())
+def test_trains_under_autocast(backend, device, dtype):
+    """Under autocast (bf16 on CPU, bf16 and fp16 on GPU) the neuron takes the low-precision
+    input as it comes, computes in fp32 inside, and a conv-bn-CLIF network trains: finite loss
+    and gradients, weights move."""
     torch.manual_seed(0)
-    blk = _Block(backend)
-    head = nn.Linear(8, 2)
+    blk = _Block(backend).to(device)
+    head = nn.Linear(8, 2).to(device)
     opt = torch.optim.SGD(list(blk.parameters()) + list(head.parameters()), lr=0.1)
+    scaler = torch.amp.GradScaler(device, init_scale=2.0**10, enabled=dtype == torch.float16)
     seen = []
     blk.node.register_forward_hook(lambda m, inp, out: seen.append((inp[0].dtype, out.dtype)))
-    x, y = torch.randn(4, 4, 3, 8, 8) * 2, torch.randint(0, 2, (4,))
+    x = torch.randn(4, 4, 3, 8, 8, device=device) * 2
+    y = torch.randint(0, 2, (4,), device=device)
     w0 = blk.conv.weight.detach().clone()
     for _ in range(3):
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast(device, dtype=dtype):
             s = blk(x)                                   # [T, B, 8, H, W]
             logits = head(s.float().mean((0, 3, 4)))
             loss = nn.functional.cross_entropy(logits, y)
         opt.zero_grad()
-        loss.backward()
+        scaler.scale(loss).backward()
         assert torch.isfinite(loss) and torch.isfinite(blk.conv.weight.grad).all()
-        opt.step()
+        scaler.step(opt)
+        scaler.update()
         blk.node.reset()
     assert all(o == i for i, o in seen), "spikes come back in the input's dtype"
-    assert any(i == torch.bfloat16 for i, _ in seen), seen
+    assert any(i == dtype for i, _ in seen), seen
     assert not torch.equal(blk.conv.weight, w0)
