@@ -9,7 +9,10 @@ import torch
 
 from clif_kernels.verify import QUANTITIES, RTOL, measure
 
-SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
+# The golden cases live beside the checkout (../shared/data); a copy of the tree elsewhere (a
+# device machine) names their folder in CLIF_GOLDEN_DIR.
+SHARED = os.environ.get("CLIF_GOLDEN_DIR") or os.path.join(os.path.dirname(__file__), "..", "..",
+                                                           "shared", "data")
 
 
 def compare(res, ref, bad, dtype):
