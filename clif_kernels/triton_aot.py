@@ -23,13 +23,13 @@ _BWD_FLAGS = ("HAS_V0", "HAS_M0", "HAS_GS", "HAS_GVT", "HAS_GMT", "HARD_RESET", 
               "DETACH_RESET")
 
 
-def _signature(fn, constexprs, dtype):
+def _signature(fn, constexprs, dtype, ckpt_dtype="fp32"):
     sig = {}
     for name in fn.arg_names:
         if name in constexprs:
             sig[name] = "constexpr"
         elif name.endswith("_ptr"):
-            sig[name] = "*fp32" if name == "ckpt_ptr" else f"*{dtype}"
+            sig[name] = f"*{ckpt_dtype}" if name == "ckpt_ptr" else f"*{dtype}"
         elif name in ("T", "N"):
             sig[name] = "i64"
         else:
@@ -38,27 +38,31 @@ def _signature(fn, constexprs, dtype):
 
 
 def variants():
-    """(kernel, constexprs, storage dtype) triples that together take every branch: each
-    combination of the flags that change the arithmetic, with the presence flags (optional
-    inputs and gradients) all on or all off in turn."""
+    """(kernel, constexprs, storage dtype, checkpoint pointer dtype) that together take every
+    branch: each combination of the flags that change the arithmetic, with the presence flags
+    (optional inputs and gradients) all on or all off in turn. The checkpoint pointer is fp32
+    when there are checkpoints (T > K); otherwise the launcher passes `x`, so the backward is
+    also compiled with a checkpoint pointer of the storage dtype."""
     out = []
     for i, (hard, clif) in enumerate(itertools.product([False, True], repeat=2)):
         for present in (False, True):
             ce = dict(HAS_V0=present, HAS_M0=present, SAVE_CKPT=present, HARD_RESET=hard,
                       IS_CLIF=clif, K=tk.CKPT_EVERY, BLOCK=tk.FWD_BLOCK)
-            out.append((tk.clif_fwd_kernel, ce, "fp32"))
+            out.append((tk.clif_fwd_kernel, ce, "fp32", "fp32"))
     for i, (hard, clif, detach, surrogate) in enumerate(
             itertools.product([False, True], [False, True], [False, True], range(4))):
         present = i % 2 == 0
         ce = dict(HAS_V0=present, HAS_M0=present, HAS_GS=present, HAS_GVT=present,
                   HAS_GMT=present, HARD_RESET=hard, IS_CLIF=clif, DETACH_RESET=detach,
                   SURROGATE=surrogate, K=tk.CKPT_EVERY, BLOCK=tk.BWD_BLOCK)
-        out.append((tk.clif_bwd_kernel, ce, "fp32"))
+        out.append((tk.clif_bwd_kernel, ce, "fp32", "fp32"))
     for dtype in ("bf16", "fp16"):
         out.append((tk.clif_fwd_kernel, dict(zip(_FWD_FLAGS, [True] * 5), K=tk.CKPT_EVERY,
-                                             BLOCK=tk.FWD_BLOCK), dtype))
-        out.append((tk.clif_bwd_kernel, dict(zip(_BWD_FLAGS, [True] * 8), SURROGATE=1,
-                                             K=tk.CKPT_EVERY, BLOCK=tk.BWD_BLOCK), dtype))
+                                             BLOCK=tk.FWD_BLOCK), dtype, "fp32"))
+        for ckpt_dtype in ("fp32", dtype):
+            out.append((tk.clif_bwd_kernel, dict(zip(_BWD_FLAGS, [True] * 8), SURROGATE=1,
+                                                 K=tk.CKPT_EVERY, BLOCK=tk.BWD_BLOCK), dtype,
+                        ckpt_dtype))
     return out
 
 
@@ -86,14 +90,16 @@ def compile_all(arch: int):
     """Compile every variant for sm_<arch>; returns rows (kernel, dtype, flags, regs, stack)."""
     target = GPUTarget("cuda", arch, 32)
     rows = []
-    for fn, ce, dtype in variants():
+    for fn, ce, dtype, ckpt_dtype in variants():
         warps = tk.FWD_WARPS if fn is tk.clif_fwd_kernel else tk.BWD_WARPS
-        src = ASTSource(fn=fn, signature=_signature(fn, ce, dtype), constexprs=ce)
+        src = ASTSource(fn=fn, signature=_signature(fn, ce, dtype, ckpt_dtype), constexprs=ce)
         kernel = triton.compile(src, target=target, options={"num_warps": warps})
         usage = _resource_usage(kernel.asm["cubin"]) or (None, None)
         flags = ",".join(k for k, v in ce.items() if v is True)
         if "SURROGATE" in ce:
             flags += f",SURROGATE={ce['SURROGATE']}"
+        if ckpt_dtype != "fp32":
+            dtype += f" (ckpt pointer {ckpt_dtype})"
         rows.append((fn.__name__, dtype, flags.strip(",") or "-", *usage))
     return rows
 

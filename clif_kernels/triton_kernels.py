@@ -136,9 +136,11 @@ def clif_bwd_kernel(x_ptr, v0_ptr, m0_ptr, ckpt_ptr, gs_ptr, gvT_ptr, gmT_ptr,
             b_v = _initial_state(v0_ptr, p_n, mask, v_init, HAS_V0, BLOCK)
             b_m = _initial_state(m0_ptr, p_n, mask, 0.0, HAS_M0, BLOCK)
         else:
+            # The cast is a no-op on the fp32 checkpoints; it types this branch as the other
+            # one when T <= K and the launcher passes `x` (any dtype) for the unused pointer.
             p_ck = ckpt_ptr + (zero64 + 2 * (j - 1)) * N + p_n
-            b_v = tl.load(p_ck, mask=mask, other=0.0)
-            b_m = tl.load(p_ck + N, mask=mask, other=0.0)
+            b_v = tl.load(p_ck, mask=mask, other=0.0).to(tl.float32)
+            b_m = tl.load(p_ck + N, mask=mask, other=0.0).to(tl.float32)
         # Recompute h_t and m_{t-1} for the segment: these two are all the backward needs.
         b_H = tl.zeros([K, BLOCK], dtype=tl.float32)
         b_MP = tl.zeros([K, BLOCK], dtype=tl.float32)

@@ -34,9 +34,10 @@ def random_problem(shape, dtype, *, with_state=False, is_clif=True, seed=None, d
     and output gradients for a `[T, *]` problem."""
     if seed is None:
         seed = int(np.random.randint(2 ** 31))
-    g = torch.Generator().manual_seed(seed)
-    draw = lambda s, f=torch.randn: f(s, generator=g).to(dtype).to(device)  # noqa: E731
-    x = (torch.randn(shape, generator=g) * 1.5 + 0.3).to(dtype).to(device)
+    # Drawn on the target device: `check` on a GPU draws 64M-element problems.
+    g = torch.Generator(device=device).manual_seed(seed)
+    draw = lambda s, f=torch.randn: f(s, generator=g, device=device).to(dtype)  # noqa: E731
+    x = (torch.randn(shape, generator=g, device=device) * 1.5 + 0.3).to(dtype)
     st = tuple(shape[1:])
     v0 = (draw(st) * 0.5) if with_state else None
     m0 = (draw(st, torch.rand) * 2) if (with_state and is_clif) else None
@@ -95,7 +96,8 @@ def rel_err(a, b):
     has none."""
     if b.numel() == 0:
         return 0.0
-    a, b = a.detach().double().cpu(), b.detach().double().cpu()
+    # On a's device: copying 64M-element results to the host would dominate `check` on a GPU.
+    a, b = a.detach().double(), b.detach().to(a.device).double()
     diff = (a - b).abs()
     if torch.isnan(diff).any():
         return float("inf")
@@ -105,13 +107,13 @@ def rel_err(a, b):
 def measure(res, ref, bad):
     """Per quantity: relative error (spikes: number of differing spikes) on the neurons not in
     `bad`. Shapes and dtypes are checked by the caller."""
-    keep = ~bad.cpu()
     out = {}
     for key in QUANTITIES:
         a, b = res[key], ref[key]
         if a is None or b is None:
             continue
-        a, b = a.detach().cpu(), b.detach().cpu()
+        a, b = a.detach(), b.detach().to(a.device)
+        keep = ~bad.to(a.device)
         ak, bk = (a[:, keep], b[:, keep]) if a.dim() == keep.dim() + 1 else (a[keep], b[keep])
         if key == "spikes":
             out[key] = int((ak.double() != bk).sum())
