@@ -4,6 +4,13 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <cstdlib>
+#include <cstring>
+#if defined(__x86_64__) || defined(_M_X64)
+#include <xmmintrin.h>
+#endif
+
+#include "clif_cpu_isa.h"
 #include "clif_host.h"
 
 namespace clif {
@@ -13,32 +20,99 @@ namespace {
 // slower (T=8, N=2^20, one thread, 2026-11-28): the T rows of a group sit N*4 bytes apart, a
 // power of two for common N, so their lines compete for the same cache sets; longer runs per
 // row amortise that. The backward's stack arrays take 4 * 8 * 64 floats (8 KiB).
-constexpr int kLanes = 64;
+constexpr int kLanes = kCpuLanes;
+
+// Subnormal operands cost a microcode assist per instruction on x86. The vectorised segment
+// recompute of the backward meets them (although no value it stores is subnormal, as a scalar
+// build that classifies every value showed), and flushing them took the backward from 327 to
+// 140 ms (SSE2) and from 69 to 31 ms (AVX-512) on one core, T=8, N=2^20. The flags are set for
+// the kernel's own loops only and restored after; what they change are values under 1.2e-38.
+class FlushDenormals {
+ public:
+#if defined(__x86_64__) || defined(_M_X64)
+  FlushDenormals() : saved_(_mm_getcsr()) { _mm_setcsr(saved_ | 0x8040); }  // FTZ | DAZ
+  ~FlushDenormals() { _mm_setcsr(saved_); }
+
+ private:
+  unsigned saved_;
+#endif
+};
+
+// The AVX-512 build of the fp32 loops, unless the processor lacks it or
+// CLIF_KERNELS_CPU_ISA=baseline asks for the portable build (the tests compare the two).
+bool use_avx512() {
+  static const bool has = cpu_has_avx512();
+  const char* isa = std::getenv("CLIF_KERNELS_CPU_ISA");
+  return has && !(isa && std::strcmp(isa, "baseline") == 0);
+}
+
+CpuJob job_of(const Params<float>& p, const GroupData<float, float>& d, int64_t T,
+              bool is_clif) {
+  CpuJob j;
+  j.gamma = p.gamma; j.c = p.c; j.b = p.b; j.inv_tau = p.inv_tau; j.th = p.th;
+  j.v_reset = p.v_reset; j.v_init = p.v_init; j.alpha = p.alpha; j.hard = p.hard;
+  j.keep_reset = p.keep_reset; j.surrogate = p.surrogate; j.is_clif = is_clif; j.save = d.save;
+  j.T = T; j.N = d.N;
+  j.x = d.x; j.v0 = d.v0; j.m0 = d.m0; j.gs = d.gs; j.gvT = d.gvT; j.gmT = d.gmT;
+  j.ckpt = d.ckpt; j.spikes = d.spikes; j.vT = d.vT; j.mT = d.mT; j.gx = d.gx; j.gv0 = d.gv0;
+  j.gm0 = d.gm0;
+  return j;
+}
 
 template <typename scalar_t>
 using acc_type = typename std::conditional<std::is_same<scalar_t, double>::value, double,
                                            float>::type;
 
 // Runs `body(io)` for every group of neurons: full groups of kLanes, then the tail one by one.
-template <typename scalar_t, typename acc_t, typename Body>
+// `full_groups(begin, end)`, when given, runs the full groups instead (the AVX-512 build).
+template <typename scalar_t, typename acc_t, typename Body, typename Full = std::nullptr_t>
 void for_each_group(const GroupData<scalar_t, acc_t>& data, int64_t work_per_neuron,
-                    const Body& body) {
+                    const Body& body, const Full& full_groups = nullptr) {
   const int64_t N = data.N, groups = N / kLanes;
   // Chunks of at least ~32k element-steps, so threads are not woken for tiny work.
   const int64_t grain =
       std::max<int64_t>(1, 32768 / std::max<int64_t>(1, work_per_neuron * kLanes));
   at::parallel_for(0, groups, grain, [&](int64_t begin, int64_t end) {
-    GroupIO<scalar_t, acc_t, kLanes, false> io(data);
-    for (int64_t g = begin; g < end; ++g) {
-      io.n0 = g * kLanes;
-      body(io);
+    FlushDenormals flush;
+    if constexpr (!std::is_same<Full, std::nullptr_t>::value) {
+      full_groups(begin, end);
+    } else {
+      GroupIO<scalar_t, acc_t, kLanes, false> io(data);
+      for (int64_t g = begin; g < end; ++g) {
+        io.n0 = g * kLanes;
+        body(io);
+      }
     }
   });
+  FlushDenormals flush;
   GroupIO<scalar_t, acc_t, 1, false> io(data);
   for (int64_t n = groups * kLanes; n < N; ++n) {
     io.n0 = n;
     body(io);
   }
+}
+
+// Runs the full groups through the AVX-512 build when it applies; false otherwise. Only fp32 has
+// one (the target; fp64 and the half types keep the portable loops).
+template <bool BWD, typename scalar_t, typename acc_t, typename Body>
+bool run_avx512(const Params<acc_t>&, const GroupData<scalar_t, acc_t>&, int64_t, bool,
+                const Body&) {
+  return false;
+}
+
+template <bool BWD, typename Body>
+bool run_avx512(const Params<float>& p, const GroupData<float, float>& data, int64_t T,
+                bool is_clif, const Body& body) {
+  if (!use_avx512()) return false;
+  const CpuJob job = job_of(p, data, T, is_clif);
+  for_each_group(data, BWD ? 2 * T : T, body, [&](int64_t begin, int64_t end) {
+    if (BWD) {
+      clif_bwd_avx512(job, begin, end);
+    } else {
+      clif_fwd_avx512(job, begin, end);
+    }
+  });
+  return true;
 }
 
 FwdResult fwd_cpu(const at::Tensor& x, const OptTensor& v0, const OptTensor& m0, double tau,
@@ -51,12 +125,13 @@ FwdResult fwd_cpu(const at::Tensor& x, const OptTensor& v0, const OptTensor& m0,
     using acc_t = acc_type<scalar_t>;
     const auto p = make_params<acc_t>(tau, v_threshold, v_reset, decay_input, surrogate, alpha,
                                       detach_reset);
+    const auto data = fwd_io<scalar_t, acc_t>(out, x, v0, m0, is_clif, p.v_init);
     CLIF_BOOL_SWITCH(is_clif, IS_CLIF, [&] {
-      for_each_group(fwd_io<scalar_t, acc_t>(out, x, v0, m0, is_clif, p.v_init), T,
-                     [&](auto& io) {
-            constexpr int L = std::remove_reference_t<decltype(io)>::lanes;
-            forward_sequence<IS_CLIF, L>(p, T, io);
-          });
+      auto body = [&](auto& io) {
+        constexpr int L = std::remove_reference_t<decltype(io)>::lanes;
+        forward_sequence<IS_CLIF, L>(p, T, io);
+      };
+      if (!run_avx512<false>(p, data, T, is_clif, body)) for_each_group(data, T, body);
     });
   });
   return out;
@@ -74,13 +149,14 @@ BwdResult bwd_cpu(const at::Tensor& x, const OptTensor& v0, const OptTensor& m0,
     using acc_t = acc_type<scalar_t>;
     const auto p = make_params<acc_t>(tau, v_threshold, v_reset, decay_input, surrogate, alpha,
                                       detach_reset);
+    const auto data = bwd_io<scalar_t, acc_t>(out, x, v0, m0, ckpt, gs, gvT, gmT, is_clif,
+                                              p.v_init);
     CLIF_BOOL_SWITCH(is_clif, IS_CLIF, [&] {
-      for_each_group(bwd_io<scalar_t, acc_t>(out, x, v0, m0, ckpt, gs, gvT, gmT, is_clif,
-                                             p.v_init),
-                     2 * T, [&](auto& io) {
-            constexpr int L = std::remove_reference_t<decltype(io)>::lanes;
-            backward_sequence<IS_CLIF, L>(p, T, io);
-          });
+      auto body = [&](auto& io) {
+        constexpr int L = std::remove_reference_t<decltype(io)>::lanes;
+        backward_sequence<IS_CLIF, L>(p, T, io);
+      };
+      if (!run_avx512<true>(p, data, T, is_clif, body)) for_each_group(data, 2 * T, body);
     });
   });
   return out;

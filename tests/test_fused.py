@@ -329,3 +329,16 @@ def test_channels_last_input_keeps_its_layout(backend, with_state):
     torch.testing.assert_close(vT, ref_v, rtol=1e-5, atol=1e-6)
     (s * torch.arange(s.numel(), device=dev).view(s.shape).sin()).sum().backward()
     assert x.grad.stride() == x.stride()
+
+
+@pytest.mark.parametrize("is_clif,surrogate,v_reset,decay_input,detach_reset", HALF_CASES)
+@pytest.mark.parametrize("T", [5, 19])
+def test_cpp_portable_build(monkeypatch, T, is_clif, surrogate, v_reset, decay_input,
+                            detach_reset):
+    """The cpp backend runs fp32 through an AVX-512 build of the core when the processor has
+    one; the portable build, which other processors run, must pass the same comparison."""
+    if not _available("cpp"):
+        pytest.skip("the C++ extension is not built")
+    monkeypatch.setenv("CLIF_KERNELS_CPU_ISA", "baseline")
+    check_backend("cpp", is_clif, (T, 2, 67), torch.float32, v_reset=v_reset,
+                  decay_input=decay_input, surrogate=surrogate, detach_reset=detach_reset)
