@@ -1,4 +1,4 @@
-"""Command line: `python -m clif_kernels check` and `python -m clif_kernels bench`."""
+"""Command line: `python -m clif_kernels check`, `... bench` and `... demo`."""
 from __future__ import annotations
 
 import argparse
@@ -24,9 +24,14 @@ def main(argv=None):
                        help="N (default 3000 on the CPU, 1000003 on a GPU)")
     check.add_argument("--seed", type=int, default=0)
     sub.add_parser("bench", help="benchmark sweep (see --help of the command)", add_help=False)
+    sub.add_parser("demo", help="CLIF vs LIF on a task that needs memory (CPU, ~2 minutes)",
+                   add_help=False)
     if argv[:1] == ["bench"]:
         from .benchmark import main as bench_main
         return bench_main(argv[1:])
+    if argv[:1] == ["demo"]:
+        from .demo import main as demo_main
+        return demo_main(argv[1:])
     args = parser.parse_args(argv)
 
     import torch
