@@ -105,7 +105,7 @@ def main():
                                                     0, 1.0, False, True)), same(out, ref))
                 ref = out if ref is None else ref
             triton_kernels.BWD_BLOCK, triton_kernels.BWD_WARPS = BWD_CONFIGS[0]
-            del x, gs, ck, out, ref
+            x = gs = ck = out = ref = None  # free the device memory before the next shape
     if args.out:
         os.makedirs(args.out, exist_ok=True)
         path = os.path.join(args.out, "tune_gpu.csv")
