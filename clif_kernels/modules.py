@@ -10,6 +10,7 @@ these). Gradients flow through the carried state into the previous call.
 """
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from .functional import clif, lif
@@ -53,10 +54,9 @@ class _Node(nn.Module):
                                  detach_reset)
         if step_mode not in ("s", "m"):
             raise ValueError(f"step_mode must be 's' or 'm', got {step_mode!r}")
-        if store_state_seqs:
-            raise NotImplementedError("store_state_seqs=True: the fused kernels do not keep the "
-                                      "per-step states yet; use the functional reference "
-                                      "(clif_kernels.reference.neuron_reference) to trace them")
+        if not isinstance(store_state_seqs, bool):
+            raise TypeError(f"store_state_seqs must be a bool, got {type(store_state_seqs).__name__}")
+        self.store_state_seqs = store_state_seqs
         self.step_mode = step_mode
         self.backend = backend
         self.reset()
@@ -65,6 +65,15 @@ class _Node(nn.Module):
         """Forget the carried state (the next call starts from the spec's initial state)."""
         self.v = None
         self.m = None
+        self.v_seq = None
+        self.m_seq = None
+
+    @property
+    def state_seqs(self):
+        """SpikingJelly 2.0's name: `[v_seq, m_seq]` for CLIF, `[v_seq]` for LIF, or None."""
+        if self.v_seq is None:
+            return None
+        return [self.v_seq, self.m_seq] if self._is_clif else [self.v_seq]
 
     def detach(self):
         """Cut the autograd graph through the carried state."""
@@ -86,15 +95,32 @@ class _Node(nn.Module):
             return None
         return state.to(x.dtype)
 
-    def forward(self, x):
-        x_seq = x.unsqueeze(0) if self.step_mode == "s" else x
+    def _run(self, x_seq):
+        """One fused call over `x_seq: [T, N, *]` from the carried state; updates it."""
         v0 = self._state_like(self.v, x_seq[0])
         if self._is_clif:
             m0 = self._state_like(self.m, x_seq[0]) if v0 is not None else None
             spikes, self.v, self.m = clif(x_seq, v0=v0, m0=m0, **self._kwargs())
         else:
             spikes, self.v = lif(x_seq, v0=v0, **self._kwargs())
-        return spikes[0] if self.step_mode == "s" else spikes
+        return spikes
+
+    def forward(self, x):
+        if self.step_mode == "s":
+            return self._run(x.unsqueeze(0))[0]
+        if not self.store_state_seqs:
+            return self._run(x)
+        # The fused kernels keep no per-step state, so the sequence runs as T fused single steps
+        # (the same values as one launch, as the tests check), each step's states kept with their
+        # gradients: for monitoring, at the cost of T launches.
+        spikes, vs, ms = [], [], []
+        for x_t in x:
+            spikes.append(self._run(x_t.unsqueeze(0))[0])
+            vs.append(self.v)
+            ms.append(self.m)
+        self.v_seq = torch.stack(vs)
+        self.m_seq = torch.stack(ms) if self._is_clif else None
+        return torch.stack(spikes)
 
     def extra_repr(self):
         o = self.opts

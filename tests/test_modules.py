@@ -98,8 +98,8 @@ def test_surrogate_mapping():
         surrogate_spec(type("PiecewiseExp", (), {"alpha": 1.0})())
     with pytest.raises(ValueError, match="step_mode"):
         CLIFNode(step_mode="x")
-    with pytest.raises(NotImplementedError, match="store_state_seqs"):
-        CLIFNode(store_state_seqs=True)
+    with pytest.raises(TypeError, match="store_state_seqs"):
+        CLIFNode(store_state_seqs="yes")
 
 
 def test_clif_to_lif():
@@ -226,3 +226,33 @@ def test_trains_under_autocast(backend, device, dtype):
     assert all(o == i for i, o in seen), "spikes come back in the input's dtype"
     assert any(i == dtype for i, _ in seen), seen
     assert not torch.equal(blk.conv.weight, w0)
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpp"])
+@pytest.mark.parametrize("cls", [CLIFNode, LIFNode])
+def test_store_state_seqs(backend, cls):
+    """store_state_seqs=True keeps v (and m) after every step, with gradients, and changes
+    neither the spikes nor the carried state."""
+    why = backends.unavailable_reason(backend, torch.device("cpu"), torch.float32)
+    if why:
+        pytest.skip(why)
+    x = _x(T=7)
+    plain, traced = cls(step_mode="m", backend=backend), cls(step_mode="m", backend=backend,
+                                                            store_state_seqs=True)
+    xt = x.clone().requires_grad_()
+    s_plain, s_traced = plain(x), traced(xt)
+    assert torch.equal(s_plain, s_traced)
+    seqs = traced.state_seqs
+    assert len(seqs) == (2 if cls is CLIFNode else 1)
+    assert all(q.shape == x.shape for q in seqs)
+    torch.testing.assert_close(seqs[0][-1], plain.v, rtol=1e-6, atol=1e-6)
+    for t in (0, 3):  # the state after step t is that of a run over the first t + 1 steps
+        fresh = cls(step_mode="m", backend=backend)
+        fresh(x[:t + 1])
+        torch.testing.assert_close(seqs[0][t], fresh.v, rtol=1e-6, atol=1e-6)
+        if cls is CLIFNode:
+            torch.testing.assert_close(seqs[1][t], fresh.m, rtol=1e-6, atol=1e-6)
+    seqs[0].sum().backward()
+    assert xt.grad is not None and torch.isfinite(xt.grad).all() and xt.grad.abs().sum() > 0
+    traced.reset()
+    assert traced.state_seqs is None
