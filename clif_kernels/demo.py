@@ -125,7 +125,6 @@ def run(seconds=120.0, seed=0, out=None, batch=128, lr=3e-3, steps_per_epoch=10)
         row = {"epoch": epoch}
         for kind, model in models.items():
             t0 = time.time()
-            model.train()
             for x, y in batches:
                 loss = nn.functional.cross_entropy(model(x), y)
                 opts[kind].zero_grad()
