@@ -24,7 +24,9 @@
 // loops over the lanes of a group, which are independent, are vectorised: `omp simd` (the build
 // passes -fopenmp) asks for it where GCC's cost model would not.
 #define CLIF_UNROLL
+#if !defined(CLIF_LANES)
 #define CLIF_LANES _Pragma("omp simd")
+#endif
 #endif
 
 namespace clif {
@@ -35,6 +37,11 @@ namespace clif {
 constexpr int kCkptEvery = 8;
 
 enum Surrogate : int { kRectangle = 0, kSigmoid = 1, kAtan = 2, kTriangle = 3 };
+
+// How a kernel knows the reset mode: at run time from Params::hard (a blend of both formulas;
+// the GPU kernels and the portable CPU build), or at compile time (the AVX-512 CPU build, where
+// the blend's extra multiplies were a tenth of the forward's instructions).
+enum Reset : int { kAnyReset = 0, kSoftReset = 1, kHardReset = 2 };
 
 // The spec's parameters, reduced to the constants the recurrence uses. Options that do not
 // change the inner loop's cost stay runtime values (warp-uniform branches on the GPU).
@@ -100,64 +107,105 @@ CLIF_HD float exp_approx(float z) {
 }
 CLIF_HD double exp_approx(double z) { return std::exp(z); }
 
-template <typename acc_t>
-CLIF_HD acc_t sigmoid(acc_t z) {
-  return acc_t(1) / (acc_t(1) + exp_approx(-z));
+// The few operations that are not plain arithmetic, written as functions so that the core also
+// runs on a SIMD vector type (clif_simd.h overloads each for it; overload resolution and
+// argument-dependent lookup pick those). For float and double they are the obvious expressions.
+template <typename T>
+CLIF_HD T recip(T z) {
+  return T(1) / z;
+}
+// a * b + c and c - a * b; one fused instruction on SIMD types (CUDA contracts them anyway).
+template <typename T>
+CLIF_HD T madd(T a, T b, T c) {
+  return a * b + c;
+}
+template <typename T>
+CLIF_HD T nmadd(T a, T b, T c) {
+  return c - a * b;
+}
+// 1 where h >= th (the spike; false for NaN), else 0.
+template <typename T>
+CLIF_HD T fire(T h, T th) {
+  return h >= th ? T(1) : T(0);
+}
+// value where -w <= z <= w (false for NaN), else 0.
+template <typename T>
+CLIF_HD T box(T z, T w, T value) {
+  return (z <= w && z >= -w) ? value : T(0);
+}
+template <typename T>
+CLIF_HD T abs_value(T z) {
+  return z < T(0) ? -z : z;
+}
+// max(z, 0), and 0 for NaN.
+template <typename T>
+CLIF_HD T relu(T z) {
+  return z > T(0) ? z : T(0);
 }
 
-// One forward step of one neuron: updates v and m in place, returns h_t (s_t = h_t >= th) and
-// sets a = sigmoid(h_t / tau), r = sigmoid(m_t) (both 0 for LIF), which the backward reuses.
-template <bool IS_CLIF, typename acc_t>
-CLIF_HD acc_t step(const Params<acc_t>& p, acc_t& v, acc_t& m, acc_t x, acc_t& a, acc_t& r) {
-  const acc_t h = p.gamma * v + p.c * x + p.b;
-  const acc_t s = h >= p.th ? acc_t(1) : acc_t(0);
-  // hard: (1 - s) h + s v_reset; soft: h - s th.
-  acc_t vn = p.hard * ((acc_t(1) - s) * h + s * p.v_reset) + (acc_t(1) - p.hard) * (h - s * p.th);
-  a = acc_t(0);
-  r = acc_t(0);
+template <typename acc_t>
+CLIF_HD acc_t sigmoid(acc_t z) {
+  return recip(acc_t(1) + exp_approx(-z));
+}
+
+// One forward step of one neuron (or of one vector of neurons: vec_t is acc_t, or a SIMD type of
+// acc_t lanes on the CPU): updates v and m in place, returns h_t (s_t = h_t >= th) and sets
+// a = sigmoid(h_t / tau), r = sigmoid(m_t) (both 0 for LIF), which the backward reuses.
+template <bool IS_CLIF, int RESET, typename acc_t, typename vec_t>
+CLIF_HD vec_t step(const Params<acc_t>& p, vec_t& v, vec_t& m, vec_t x, vec_t& a, vec_t& r) {
+  vec_t h = madd(vec_t(p.gamma), v, p.c * x);
+  if (RESET != kSoftReset) h = h + p.b;  // b is 0 for a soft reset
+  const vec_t s = fire(h, vec_t(p.th));
+  vec_t vn;
+  if (RESET == kSoftReset) {
+    vn = nmadd(s, vec_t(p.th), h);  // h - s th
+  } else if (RESET == kHardReset) {
+    vn = (vec_t(1) - s) * h + s * p.v_reset;
+  } else {
+    vn = p.hard * ((vec_t(1) - s) * h + s * p.v_reset) + (acc_t(1) - p.hard) * (h - s * p.th);
+  }
+  a = vec_t(0);
+  r = vec_t(0);
   if (IS_CLIF) {
     a = sigmoid(h * p.inv_tau);
-    m = m * a + s;
+    m = madd(m, a, s);
     r = sigmoid(m);
-    vn -= s * r;
+    vn = nmadd(s, r, vn);
   }
   v = vn;
   return h;
 }
 
 // sigma'(z), the surrogate derivative of the spike at z = h - threshold (spec, Backward), for a
-// group of L neurons. The switch sits outside the lane loops so that each loop vectorises.
-template <int L, typename acc_t>
-CLIF_HD void surrogate_grads(const Params<acc_t>& p, const acc_t* h, acc_t* out) {
+// group of L neurons (or vectors). The switch sits outside the lane loops so that each loop
+// vectorises.
+template <int L, typename acc_t, typename vec_t>
+CLIF_HD void surrogate_grads(const Params<acc_t>& p, const vec_t* h, vec_t* out) {
   const acc_t al = p.alpha, th = p.th;
   switch (p.surrogate) {
     case kRectangle:
 CLIF_LANES
-      for (int l = 0; l < L; ++l) {
-        const acc_t z = h[l] - th;
-        out[l] = (z <= acc_t(0.5) * al && z >= -acc_t(0.5) * al) ? acc_t(1) / al : acc_t(0);
-      }
+      for (int l = 0; l < L; ++l) out[l] = box(h[l] - th, vec_t(acc_t(0.5) * al), vec_t(acc_t(1) / al));
       break;
     case kSigmoid:
 CLIF_LANES
       for (int l = 0; l < L; ++l) {
-        const acc_t g = sigmoid(al * (h[l] - th));
+        const vec_t g = sigmoid(al * (h[l] - th));
         out[l] = al * g * (acc_t(1) - g);
       }
       break;
     case kAtan:
 CLIF_LANES
       for (int l = 0; l < L; ++l) {
-        const acc_t w = acc_t(1.5707963267948966) * al * (h[l] - th);
+        const vec_t w = acc_t(1.5707963267948966) * al * (h[l] - th);
         out[l] = acc_t(0.5) * al / (acc_t(1) + w * w);
       }
       break;
     default:
 CLIF_LANES
       for (int l = 0; l < L; ++l) {
-        const acc_t z = h[l] - th;
-        const acc_t g = acc_t(1) / al - (z < 0 ? -z : z) / (al * al);
-        out[l] = g > acc_t(0) ? g : acc_t(0);
+        const vec_t g = acc_t(1) / al - abs_value(h[l] - th) / (al * al);
+        out[l] = relu(g);
       }
   }
 }
@@ -166,18 +214,32 @@ CLIF_LANES
 // r_t = sigmoid(m_t), the spike gradient gs_t and the surrogate derivative
 // sg = sigma'(h_t - threshold). gv and gm carry the gradients of v_t and m_t in, and leave as
 // those of v_{t-1} and m_{t-1}. Returns gx_t.
-template <bool IS_CLIF, typename acc_t>
-CLIF_HD acc_t step_backward(const Params<acc_t>& p, acc_t h, acc_t mp, acc_t a, acc_t r,
-                            acc_t gs, acc_t sg, acc_t& gv, acc_t& gm) {
-  const acc_t s = h >= p.th ? acc_t(1) : acc_t(0);
-  const acc_t gm1 = IS_CLIF ? gm - gv * s * r * (acc_t(1) - r) : acc_t(0);
+template <bool IS_CLIF, int RESET, typename acc_t, typename vec_t>
+CLIF_HD vec_t step_backward(const Params<acc_t>& p, vec_t h, vec_t mp, vec_t a, vec_t r,
+                            vec_t gs, vec_t sg, vec_t& gv, vec_t& gm) {
+  const vec_t s = fire(h, vec_t(p.th));
+  const vec_t gm1 = IS_CLIF ? nmadd(gv * s, r * (acc_t(1) - r), gm) : vec_t(0);
   // dv/ds: v_reset - h - r (hard) or -th - r (soft), and 0 when detach_reset.
-  const acc_t dvds = p.hard * (p.v_reset - h - r) + (acc_t(1) - p.hard) * (-p.th - r);
-  const acc_t gs1 = gs + p.keep_reset * (gv * dvds) + gm1;
+  vec_t dvds;
+  if (RESET == kSoftReset) {
+    dvds = -p.th - r;
+  } else if (RESET == kHardReset) {
+    dvds = p.v_reset - h - r;
+  } else {
+    dvds = p.hard * (p.v_reset - h - r) + (acc_t(1) - p.hard) * (-p.th - r);
+  }
+  const vec_t gs1 = madd(p.keep_reset * gv, dvds, gs) + gm1;
   // dv/dh: 1 - s (hard) or 1 (soft).
-  acc_t gh = gv * (acc_t(1) - p.hard * s) + gs1 * sg;
+  vec_t gh;
+  if (RESET == kSoftReset) {
+    gh = madd(gs1, sg, gv);
+  } else if (RESET == kHardReset) {
+    gh = madd(gs1, sg, gv * (acc_t(1) - s));
+  } else {
+    gh = madd(gs1, sg, gv * (acc_t(1) - p.hard * s));
+  }
   if (IS_CLIF) {
-    gh += gm1 * mp * a * (acc_t(1) - a) * p.inv_tau;
+    gh = madd(gm1 * mp, a * (acc_t(1) - a) * p.inv_tau, gh);
     gm = gm1 * a;
   }
   gv = p.gamma * gh;
@@ -194,41 +256,45 @@ constexpr bool kKeepSigmoids = true;
 #endif
 
 // ---------------------------------------------------------------------------------------------
-// Drivers over all T steps for a group of L neurons. IO provides, for its group:
+// Drivers over all T steps for a group of L lanes. IO provides the lanes' register type vec_t
+// (acc_t, one neuron per lane; or a SIMD vector of neighbouring neurons, clif_simd.h) and, for
+// its group:
 //   load_initial(v[L], m[L]), store_final(v, m), load_x(t, x[L]), store_spikes(t, s[L]),
 //   store_ckpt(j, v, m), load_ckpt(j, v, m), load_final_grads(gv, gm), load_gs(t, gs[L]),
 //   store_gx(t, gx[L]), store_initial_grads(gv, gm), and the flag `save`.
 
-template <bool IS_CLIF, int L, typename acc_t, typename IO>
+template <bool IS_CLIF, int L, int RESET = kAnyReset, typename acc_t, typename IO>
 CLIF_HD void forward_sequence(const Params<acc_t>& params, int64_t T, IO& io) {
   // A private copy: the compiler cannot prove that the output stores leave `params` alone, and
   // would reload it (and keep its branches) inside the lane loops.
   const Params<acc_t> p = params;
-  acc_t v[L], m[L], x[L], s[L];
+  using vec_t = typename IO::vec_t;
+  vec_t v[L], m[L], x[L], s[L];
   io.load_initial(v, m);
   for (int64_t t = 0; t < T; ++t) {
     if (io.save && t > 0 && t % kCkptEvery == 0) io.store_ckpt(t / kCkptEvery - 1, v, m);
     io.load_x(t, x);
 CLIF_LANES
     for (int l = 0; l < L; ++l) {
-      acc_t a, r;
-      s[l] = step<IS_CLIF>(p, v[l], m[l], x[l], a, r) >= p.th ? acc_t(1) : acc_t(0);
+      vec_t a, r;
+      s[l] = fire(step<IS_CLIF, RESET>(p, v[l], m[l], x[l], a, r), vec_t(p.th));
     }
     io.store_spikes(t, s);
   }
   io.store_final(v, m);
 }
 
-template <bool IS_CLIF, int L, typename acc_t, typename IO>
+template <bool IS_CLIF, int L, int RESET = kAnyReset, typename acc_t, typename IO>
 CLIF_HD void backward_sequence(const Params<acc_t>& params, int64_t T, IO& io) {
   const Params<acc_t> p = params;  // see forward_sequence
+  using vec_t = typename IO::vec_t;
   constexpr int K = kCkptEvery;
-  acc_t gv[L], gm[L];
+  vec_t gv[L], gm[L];
   io.load_final_grads(gv, gm);
   for (int64_t j = (T + K - 1) / K - 1; j >= 0; --j) {
     const int64_t t0 = j * K;
     const int len = T - t0 < K ? static_cast<int>(T - t0) : K;
-    acc_t v[L], m[L];
+    vec_t v[L], m[L];
     if (j == 0) {
       io.load_initial(v, m);
     } else {
@@ -236,18 +302,18 @@ CLIF_HD void backward_sequence(const Params<acc_t>& params, int64_t T, IO& io) {
     }
     // h_t and m_{t-1} of the segment (and a_t, r_t where kept): with full unrolling the
     // indices are constants, so on the GPU these arrays live in registers.
-    acc_t H[K][L] = {}, MP[K][L] = {};
-    acc_t A[kKeepSigmoids ? K : 1][L] = {}, R[kKeepSigmoids ? K : 1][L] = {};
+    vec_t H[K][L] = {}, MP[K][L] = {};
+    vec_t A[kKeepSigmoids ? K : 1][L] = {}, R[kKeepSigmoids ? K : 1][L] = {};
 CLIF_UNROLL
     for (int k = 0; k < K; ++k) {
       if (k < len) {
-        acc_t x[L];
+        vec_t x[L];
         io.load_x(t0 + k, x);
 CLIF_LANES
         for (int l = 0; l < L; ++l) {
           MP[k][l] = m[l];
-          acc_t a, r;
-          H[k][l] = step<IS_CLIF>(p, v[l], m[l], x[l], a, r);
+          vec_t a, r;
+          H[k][l] = step<IS_CLIF, RESET>(p, v[l], m[l], x[l], a, r);
           if (kKeepSigmoids) {
             A[kKeepSigmoids ? k : 0][l] = a;
             R[kKeepSigmoids ? k : 0][l] = r;
@@ -258,21 +324,21 @@ CLIF_LANES
 CLIF_UNROLL
     for (int k = K - 1; k >= 0; --k) {
       if (k < len) {
-        acc_t gs[L], gx[L], sg[L];
+        vec_t gs[L], gx[L], sg[L];
         io.load_gs(t0 + k, gs);
         surrogate_grads<L>(p, H[k], sg);
 CLIF_LANES
         for (int l = 0; l < L; ++l) {
-          const acc_t h = H[k][l], mp = MP[k][l];
-          acc_t a = 0, r = 0;
+          const vec_t h = H[k][l], mp = MP[k][l];
+          vec_t a(0), r(0);
           if (kKeepSigmoids) {
             a = A[kKeepSigmoids ? k : 0][l];
             r = R[kKeepSigmoids ? k : 0][l];
           } else if (IS_CLIF) {
             a = sigmoid(h * p.inv_tau);
-            r = sigmoid(mp * a + (h >= p.th ? acc_t(1) : acc_t(0)));
+            r = sigmoid(madd(mp, a, fire(h, vec_t(p.th))));
           }
-          gx[l] = step_backward<IS_CLIF>(p, h, mp, a, r, gs[l], sg[l], gv[l], gm[l]);
+          gx[l] = step_backward<IS_CLIF, RESET>(p, h, mp, a, r, gs[l], sg[l], gv[l], gm[l]);
         }
         io.store_gx(t0 + k, gx);
       }
@@ -320,6 +386,7 @@ template <typename scalar_t, typename acc_t, int L, bool ALIGNED>
 struct GroupIO : GroupData<scalar_t, acc_t> {
   using P = Pack<scalar_t, L, ALIGNED>;
   using Data = GroupData<scalar_t, acc_t>;
+  using vec_t = acc_t;  // the drivers' register type: one neuron per lane
   static constexpr int lanes = L;
   using Data::x; using Data::v0; using Data::m0; using Data::ckpt; using Data::spikes;
   using Data::vT; using Data::mT; using Data::gs; using Data::gvT; using Data::gmT;

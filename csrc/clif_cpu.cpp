@@ -10,6 +10,7 @@
 #include <xmmintrin.h>
 #endif
 
+#include "clif_cpu_cache.h"
 #include "clif_cpu_isa.h"
 #include "clif_host.h"
 
@@ -38,7 +39,7 @@ class FlushDenormals {
 #endif
 };
 
-// The AVX-512 build of the fp32 loops, unless the processor lacks it or
+// The AVX-512 build (fp32, bf16 and fp16 storage), unless the processor lacks it or
 // CLIF_KERNELS_CPU_ISA=baseline asks for the portable build (the tests compare the two).
 bool use_avx512() {
   static const bool has = cpu_has_avx512();
@@ -46,13 +47,14 @@ bool use_avx512() {
   return has && !(isa && std::strcmp(isa, "baseline") == 0);
 }
 
-CpuJob job_of(const Params<float>& p, const GroupData<float, float>& d, int64_t T,
-              bool is_clif) {
+template <typename scalar_t>
+CpuJob job_of(const Params<float>& p, const GroupData<scalar_t, float>& d, int64_t T,
+              bool is_clif, CpuStorage storage) {
   CpuJob j;
   j.gamma = p.gamma; j.c = p.c; j.b = p.b; j.inv_tau = p.inv_tau; j.th = p.th;
   j.v_reset = p.v_reset; j.v_init = p.v_init; j.alpha = p.alpha; j.hard = p.hard;
   j.keep_reset = p.keep_reset; j.surrogate = p.surrogate; j.is_clif = is_clif; j.save = d.save;
-  j.T = T; j.N = d.N;
+  j.storage = storage; j.T = T; j.N = d.N;
   j.x = d.x; j.v0 = d.v0; j.m0 = d.m0; j.gs = d.gs; j.gvT = d.gvT; j.gmT = d.gmT;
   j.ckpt = d.ckpt; j.spikes = d.spikes; j.vT = d.vT; j.mT = d.mT; j.gx = d.gx; j.gv0 = d.gv0;
   j.gm0 = d.gm0;
@@ -92,34 +94,41 @@ void for_each_group(const GroupData<scalar_t, acc_t>& data, int64_t work_per_neu
   }
 }
 
-// Runs the full groups through the AVX-512 build when it applies; false otherwise. Only fp32 has
-// one (the target; fp64 and the half types keep the portable loops).
-template <bool BWD, typename scalar_t, typename acc_t, typename Body>
-bool run_avx512(const Params<acc_t>&, const GroupData<scalar_t, acc_t>&, int64_t, bool,
-                const Body&) {
-  return false;
+// The AVX-512 build's name for a storage type; fp64 has none (it keeps the portable loops).
+template <typename scalar_t>
+constexpr int storage_of() {
+  return std::is_same<scalar_t, float>::value            ? int(CpuStorage::kF32)
+         : std::is_same<scalar_t, at::BFloat16>::value ? int(CpuStorage::kBF16)
+         : std::is_same<scalar_t, at::Half>::value     ? int(CpuStorage::kF16)
+                                                         : -1;
 }
 
-template <bool BWD, typename Body>
-bool run_avx512(const Params<float>& p, const GroupData<float, float>& data, int64_t T,
+// Runs the full groups through the AVX-512 build when it applies; false otherwise.
+template <bool BWD, typename scalar_t, typename acc_t, typename Body>
+bool run_avx512(const Params<acc_t>& p, const GroupData<scalar_t, acc_t>& data, int64_t T,
                 bool is_clif, const Body& body) {
-  if (!use_avx512()) return false;
-  const CpuJob job = job_of(p, data, T, is_clif);
-  for_each_group(data, BWD ? 2 * T : T, body, [&](int64_t begin, int64_t end) {
-    if (BWD) {
-      clif_bwd_avx512(job, begin, end);
-    } else {
-      clif_fwd_avx512(job, begin, end);
-    }
-  });
-  return true;
+  if constexpr (storage_of<scalar_t>() < 0 || !std::is_same<acc_t, float>::value) {
+    return false;
+  } else {
+    if (!use_avx512()) return false;
+    const CpuJob job =
+        job_of(p, data, T, is_clif, static_cast<CpuStorage>(storage_of<scalar_t>()));
+    for_each_group(data, BWD ? 2 * T : T, body, [&](int64_t begin, int64_t end) {
+      if (BWD) {
+        clif_bwd_avx512(job, begin, end);
+      } else {
+        clif_fwd_avx512(job, begin, end);
+      }
+    });
+    return true;
+  }
 }
 
 FwdResult fwd_cpu(const at::Tensor& x, const OptTensor& v0, const OptTensor& m0, double tau,
                   double v_threshold, c10::optional<double> v_reset, bool decay_input,
                   bool is_clif, bool save, int64_t surrogate, double alpha, bool detach_reset) {
   FwdResult out = prepare_fwd(x, v0, m0, tau, v_threshold, surrogate, alpha, is_clif, save,
-                              c10::DeviceType::CPU);
+                              c10::DeviceType::CPU, cpu_output_cache());
   const int64_t T = x.size(0);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "clif_fwd_cpu", [&] {
     using acc_t = acc_type<scalar_t>;
@@ -143,7 +152,7 @@ BwdResult bwd_cpu(const at::Tensor& x, const OptTensor& v0, const OptTensor& m0,
                   c10::optional<double> v_reset, bool decay_input, int64_t surrogate,
                   double alpha, bool detach_reset, bool is_clif) {
   BwdResult out = prepare_bwd(x, v0, m0, ckpt, gs, gvT, gmT, tau, v_threshold, surrogate, alpha,
-                              is_clif, c10::DeviceType::CPU);
+                              is_clif, c10::DeviceType::CPU, cpu_output_cache());
   const int64_t T = x.size(0);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "clif_bwd_cpu", [&] {
     using acc_t = acc_type<scalar_t>;

@@ -12,14 +12,20 @@ namespace clif {
 // Neurons per group of the CPU kernels: 64 fp32 lanes are 4 AVX-512 vectors, 256 bytes per row.
 constexpr int kCpuLanes = 64;
 
-// One fp32 launch: the fields of Params<float> and GroupData<float, float>, by value.
+// Storage types the AVX-512 build reads and writes (compute is fp32 for all three).
+enum class CpuStorage : int { kF32 = 0, kBF16 = 1, kF16 = 2 };
+
+// One launch: the fields of Params<float> and GroupData, by value, with untyped pointers to
+// storage of type `storage` (checkpoints are fp32).
 struct CpuJob {
   float gamma, c, b, inv_tau, th, v_reset, v_init, alpha, hard, keep_reset;
   int surrogate;
   bool is_clif, save;
+  CpuStorage storage;
   int64_t T, N;
-  const float *x, *v0, *m0, *gs, *gvT, *gmT;
-  float *ckpt, *spikes, *vT, *mT, *gx, *gv0, *gm0;
+  const void *x, *v0, *m0, *gs, *gvT, *gmT;
+  void *spikes, *vT, *mT, *gx, *gv0, *gm0;
+  float* ckpt;
 };
 
 // Whether this processor and OS run AVX-512 (F, VL, DQ, BW) code.

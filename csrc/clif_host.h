@@ -4,6 +4,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/EmptyTensor.h>
 #include <c10/util/Optional.h>
 
 #include <cstdlib>
@@ -32,15 +33,21 @@ using BwdResult = std::tuple<Tensor, Tensor, Tensor>;
     }                                     \
   }()
 
-// Every output is allocated here. With CLIF_KERNELS_POISON=1 in the environment (the tests set
+// Every output is allocated here: from `host_cache` when given (the CPU kernel's output cache,
+// clif_cpu_cache.h), else by torch. With CLIF_KERNELS_POISON=1 in the environment (the tests set
 // it) outputs start as NaN, so an element a kernel forgets to write shows up.
-inline Tensor alloc(at::IntArrayRef sizes, const at::TensorOptions& options) {
+inline Tensor alloc(at::IntArrayRef sizes, const at::TensorOptions& options,
+                    c10::Allocator* host_cache) {
   static const bool poison = [] {
     const char* v = std::getenv("CLIF_KERNELS_POISON");
     return v != nullptr && std::string(v) == "1";
   }();
-  return poison ? at::full(sizes, std::numeric_limits<double>::quiet_NaN(), options)
-                : at::empty(sizes, options);
+  Tensor t = host_cache ? at::detail::empty_generic(
+                              sizes, host_cache, c10::DispatchKeySet(c10::DispatchKey::CPU),
+                              options.dtype().toScalarType(), c10::nullopt)
+                        : at::empty(sizes, options);
+  if (poison) t.fill_(std::numeric_limits<double>::quiet_NaN());
+  return t;
 }
 
 inline int64_t n_checkpoints(int64_t T) {
@@ -101,15 +108,17 @@ Params<acc_t> make_params(double tau, double v_threshold, c10::optional<double> 
 // [0] (LIF), and the fp32 checkpoints [n_checkpoints(T), 2, N] (or [0, 2, N] without `save`).
 inline FwdResult prepare_fwd(const Tensor& x, const OptTensor& v0, const OptTensor& m0,
                              double tau, double v_threshold, int64_t surrogate, double alpha,
-                             bool is_clif, bool save, c10::DeviceType device) {
+                             bool is_clif, bool save, c10::DeviceType device,
+                             c10::Allocator* host_cache = nullptr) {
   check_x(x, device);
   check_state("v0", v0, x);
   check_state("m0", m0, x);
   check_scalars(tau, v_threshold, surrogate, alpha);
   const int64_t T = x.size(0), N = x.size(1);
-  return {alloc(x.sizes(), x.options()), alloc({N}, x.options()),
-          alloc({is_clif ? N : 0}, x.options()),
-          alloc({save ? n_checkpoints(T) : 0, 2, N}, x.options().dtype(ckpt_dtype(x)))};
+  return {alloc(x.sizes(), x.options(), host_cache), alloc({N}, x.options(), host_cache),
+          alloc({is_clif ? N : 0}, x.options(), host_cache),
+          alloc({save ? n_checkpoints(T) : 0, 2, N}, x.options().dtype(ckpt_dtype(x)),
+                host_cache)};
 }
 
 inline void check_grad(const char* name, const OptTensor& g, at::IntArrayRef shape,
@@ -127,7 +136,7 @@ inline BwdResult prepare_bwd(const Tensor& x, const OptTensor& v0, const OptTens
                              const Tensor& ckpt, const OptTensor& gs, const OptTensor& gvT,
                              const OptTensor& gmT, double tau, double v_threshold,
                              int64_t surrogate, double alpha, bool is_clif,
-                             c10::DeviceType device) {
+                             c10::DeviceType device, c10::Allocator* host_cache = nullptr) {
   check_x(x, device);
   check_state("v0", v0, x);
   check_state("m0", m0, x);
@@ -143,8 +152,9 @@ inline BwdResult prepare_bwd(const Tensor& x, const OptTensor& v0, const OptTens
               "ckpt must be the forward's contiguous ", ckpt_dtype(x), " [", n_ck, ", 2, ", N,
               "] checkpoints, got ", ckpt.sizes());
   const bool has_m0 = m0.has_value() && is_clif;
-  return {alloc(x.sizes(), x.options()), alloc({v0.has_value() ? N : 0}, x.options()),
-          alloc({has_m0 ? N : 0}, x.options())};
+  return {alloc(x.sizes(), x.options(), host_cache),
+          alloc({v0.has_value() ? N : 0}, x.options(), host_cache),
+          alloc({has_m0 ? N : 0}, x.options(), host_cache)};
 }
 
 template <typename scalar_t>
