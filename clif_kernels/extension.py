@@ -66,3 +66,36 @@ def jit_build(cuda: bool | None = None, verbose: bool = False) -> None:
         _loaded["cuda"] = True
     from . import ops
     ops.register_fused()
+
+
+def _cache_op(name):
+    load()
+    if not _loaded["cpp"]:
+        raise RuntimeError("the C++ extension is not built: " + load_errors.get("_C", ""))
+    return getattr(torch.ops.clif_fused, name)
+
+
+def cpu_cache_bytes() -> int:
+    """Bytes of freed CPU outputs the cpp backend keeps for reuse (see `set_cpu_cache_limit`)."""
+    return _cache_op("cpu_cache_bytes")()
+
+
+def empty_cpu_cache() -> int:
+    """Frees the cpp backend's cached CPU outputs; returns the bytes freed."""
+    return _cache_op("cpu_cache_empty")()
+
+
+def set_cpu_cache_limit(mib: int) -> int:
+    """The most memory (MiB) the cpp backend keeps in freed outputs of 1 MiB or more, for reuse
+    by its next calls; 0 turns the cache off. The default is 1024, or CLIF_KERNELS_CPU_CACHE_MB
+    at the first call. Returns the previous limit in MiB.
+
+    Why: outputs of 32 MiB or more come from fresh mmaps otherwise, whose page faults cost more
+    than the kernel itself (csrc/clif_cpu_cache.h).
+
+        >>> from clif_kernels import extension
+        >>> old = extension.set_cpu_cache_limit(256)
+    """
+    if mib < 0:
+        raise ValueError(f"mib must be >= 0, got {mib}")
+    return _cache_op("cpu_cache_set_limit")(int(mib) << 20) >> 20

@@ -301,9 +301,11 @@ CLIF_HD void backward_sequence(const Params<acc_t>& params, int64_t T, IO& io) {
       io.load_ckpt(j - 1, v, m);
     }
     // h_t and m_{t-1} of the segment (and a_t, r_t where kept): with full unrolling the
-    // indices are constants, so on the GPU these arrays live in registers.
-    vec_t H[K][L] = {}, MP[K][L] = {};
-    vec_t A[kKeepSigmoids ? K : 1][L] = {}, R[kKeepSigmoids ? K : 1][L] = {};
+    // indices are constants, so on the GPU these arrays live in registers. Only entries k < len
+    // are read, so they are not zeroed (on the CPU the zeroing, 8 KiB per group and segment,
+    // was 14% of the AVX-512 backward).
+    vec_t H[K][L], MP[K][L];
+    vec_t A[kKeepSigmoids ? K : 1][L], R[kKeepSigmoids ? K : 1][L];
 CLIF_UNROLL
     for (int k = 0; k < K; ++k) {
       if (k < len) {

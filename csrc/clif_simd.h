@@ -13,10 +13,6 @@
 // for AVX-512 (clif_cpu_avx512.cpp); <immintrin.h> must be included before, at file scope.
 #pragma once
 
-#ifndef CLIF_PREFETCH
-#define CLIF_PREFETCH 2
-#endif
-
 namespace clif {
 
 struct Vec16 {
@@ -153,7 +149,7 @@ inline void store16(typename StorageTraits<S>::type* p, __m512 v) {
 // methods as GroupIO, clif_core.h). Checkpoints are fp32.
 template <Storage S, int L, bool STREAM>
 struct VecIO {
-  static constexpr int kPrefetchGroups = CLIF_PREFETCH;
+  static constexpr int kPrefetchGroups = 2;
   using scalar_t = typename StorageTraits<S>::type;
   using vec_t = Vec16;
   static constexpr int lanes = L;

@@ -333,12 +333,56 @@ def test_channels_last_input_keeps_its_layout(backend, with_state):
 
 @pytest.mark.parametrize("is_clif,surrogate,v_reset,decay_input,detach_reset", HALF_CASES)
 @pytest.mark.parametrize("T", [5, 19])
-def test_cpp_portable_build(monkeypatch, T, is_clif, surrogate, v_reset, decay_input,
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cpp_portable_build(monkeypatch, dtype, T, is_clif, surrogate, v_reset, decay_input,
                             detach_reset):
-    """The cpp backend runs fp32 through an AVX-512 build of the core when the processor has
-    one; the portable build, which other processors run, must pass the same comparison."""
+    """The cpp backend runs fp32, bf16 and fp16 through an AVX-512 build of the core when the
+    processor has one; the portable build, which other processors run, must pass the same
+    comparison."""
     if not _available("cpp"):
         pytest.skip("the C++ extension is not built")
     monkeypatch.setenv("CLIF_KERNELS_CPU_ISA", "baseline")
-    check_backend("cpp", is_clif, (T, 2, 67), torch.float32, v_reset=v_reset,
+    check_backend("cpp", is_clif, (T, 2, 67), dtype, v_reset=v_reset,
                   decay_input=decay_input, surrogate=surrogate, detach_reset=detach_reset)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("v_reset", [None, 0.1])
+def test_cpp_large_outputs(dtype, v_reset):
+    """Outputs of 4 MiB or more with 64-byte aligned rows are written with streaming stores
+    (csrc/clif_cpu_avx512.cpp); N = 2^19 + 48 also leaves a tail of 48 neurons for the scalar
+    loop."""
+    if not _available("cpp"):
+        pytest.skip("the C++ extension is not built")
+    check_backend("cpp", True, (5, 2**19 + 48), dtype, v_reset=v_reset)
+
+
+def test_cpu_output_cache():
+    """Large CPU outputs are kept when freed and handed to the next call of the same size;
+    the limit bounds what is kept."""
+    if not _available("cpp"):
+        pytest.skip("the C++ extension is not built")
+    from clif_kernels import extension
+    x = torch.randn(4, 2**18)  # 4 MiB of spikes, above the cache's 1 MiB floor
+    old = extension.set_cpu_cache_limit(64)
+    try:
+        extension.empty_cpu_cache()
+        s = neuron_fn(True)(x, backend="cpp")
+        ptr, expected = s.data_ptr(), neuron_fn(True)(x, backend="torch")
+        del s
+        assert extension.cpu_cache_bytes() >= x.numel() * 4
+        s = neuron_fn(True)(x, backend="cpp")
+        assert s.data_ptr() == ptr, "the freed block was not reused"
+        assert torch.equal(s, expected)
+        s.resize_(8, 2**18)  # an ordinary, resizable storage
+        assert s.shape == (8, 2**18)
+        del s
+        assert extension.empty_cpu_cache() > 0 and extension.cpu_cache_bytes() == 0
+        extension.set_cpu_cache_limit(0)
+        del expected
+        neuron_fn(True)(x, backend="cpp")
+        assert extension.cpu_cache_bytes() == 0, "a zero limit keeps nothing"
+        with pytest.raises(ValueError, match="mib"):
+            extension.set_cpu_cache_limit(-1)
+    finally:
+        extension.set_cpu_cache_limit(old)
