@@ -20,8 +20,9 @@ namespace {
 // 64 lanes: 256 contiguous bytes of fp32 per row and step. At 16 lanes the forward ran 3x
 // slower (T=8, N=2^20, one thread, 2026-11-28): the T rows of a group sit N*4 bytes apart, a
 // power of two for common N, so their lines compete for the same cache sets; longer runs per
-// row amortise that. The backward's stack arrays take 4 * 8 * 64 floats (8 KiB).
-constexpr int kLanes = kCpuLanes;
+// row amortise that. The backward's stack arrays take 4 * 8 * 64 floats (8 KiB). This is the
+// portable build's group; the AVX-512 build's is kAvx512Lanes.
+constexpr int kLanes = 64;
 
 // Subnormal operands cost a microcode assist per instruction on x86. The vectorised segment
 // recompute of the backward meets them (although no value it stores is subnormal, as a scalar
@@ -65,30 +66,31 @@ template <typename scalar_t>
 using acc_type = typename std::conditional<std::is_same<scalar_t, double>::value, double,
                                            float>::type;
 
-// Runs `body(io)` for every group of neurons: full groups of kLanes, then the tail one by one.
+// Runs `body(io)` for every group of neurons: full groups of W, then the tail one by one.
 // `full_groups(begin, end)`, when given, runs the full groups instead (the AVX-512 build).
-template <typename scalar_t, typename acc_t, typename Body, typename Full = std::nullptr_t>
+template <int W = kLanes, typename scalar_t, typename acc_t, typename Body,
+          typename Full = std::nullptr_t>
 void for_each_group(const GroupData<scalar_t, acc_t>& data, int64_t work_per_neuron,
                     const Body& body, const Full& full_groups = nullptr) {
-  const int64_t N = data.N, groups = N / kLanes;
+  const int64_t N = data.N, groups = N / W;
   // Chunks of at least ~32k element-steps, so threads are not woken for tiny work.
   const int64_t grain =
-      std::max<int64_t>(1, 32768 / std::max<int64_t>(1, work_per_neuron * kLanes));
+      std::max<int64_t>(1, 32768 / std::max<int64_t>(1, work_per_neuron * W));
   at::parallel_for(0, groups, grain, [&](int64_t begin, int64_t end) {
     FlushDenormals flush;
     if constexpr (!std::is_same<Full, std::nullptr_t>::value) {
       full_groups(begin, end);
     } else {
-      GroupIO<scalar_t, acc_t, kLanes, false> io(data);
+      GroupIO<scalar_t, acc_t, W, false> io(data);
       for (int64_t g = begin; g < end; ++g) {
-        io.n0 = g * kLanes;
+        io.n0 = g * W;
         body(io);
       }
     }
   });
   FlushDenormals flush;
   GroupIO<scalar_t, acc_t, 1, false> io(data);
-  for (int64_t n = groups * kLanes; n < N; ++n) {
+  for (int64_t n = groups * W; n < N; ++n) {
     io.n0 = n;
     body(io);
   }
@@ -113,7 +115,7 @@ bool run_avx512(const Params<acc_t>& p, const GroupData<scalar_t, acc_t>& data, 
     if (!use_avx512()) return false;
     const CpuJob job =
         job_of(p, data, T, is_clif, static_cast<CpuStorage>(storage_of<scalar_t>()));
-    for_each_group(data, BWD ? 2 * T : T, body, [&](int64_t begin, int64_t end) {
+    for_each_group<kAvx512Lanes>(data, BWD ? 2 * T : T, body, [&](int64_t begin, int64_t end) {
       if (BWD) {
         clif_bwd_avx512(job, begin, end);
       } else {

@@ -31,8 +31,8 @@ bool clif::cpu_has_avx512() {
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512vl,avx512dq,avx512bw,avx2,fma,prefer-vector-width=512")
 
-// The lanes of a group are Vec16 vectors here: unroll their loops (4 independent dependency
-// chains in flight) rather than ask for a vectorisation that is already done.
+// A group is one lane of Vec<8> here (clif_simd.h interleaves its registers); a lane loop is
+// unrolled rather than vectorised again.
 #define CLIF_LANES _Pragma("GCC unroll 16")
 
 namespace {
@@ -44,7 +44,7 @@ namespace avx512 {
 using avx512::clif::Params;
 using avx512::clif::Storage;
 using avx512::clif::VecIO;
-constexpr int kVectors = clif::kCpuLanes / 16;
+constexpr int kRegs = clif::kAvx512Lanes / 16;
 
 Params<float> params_of(const clif::CpuJob& j) {
   Params<float> p;
@@ -55,9 +55,9 @@ Params<float> params_of(const clif::CpuJob& j) {
 }
 
 template <Storage S, bool STREAM>
-VecIO<S, kVectors, STREAM> io_of(const clif::CpuJob& j) {
-  using scalar_t = typename VecIO<S, kVectors, STREAM>::scalar_t;
-  VecIO<S, kVectors, STREAM> io;
+VecIO<S, kRegs, 1, STREAM> io_of(const clif::CpuJob& j) {
+  using scalar_t = typename VecIO<S, kRegs, 1, STREAM>::scalar_t;
+  VecIO<S, kRegs, 1, STREAM> io;
   io.x = static_cast<const scalar_t*>(j.x);
   io.v0 = static_cast<const scalar_t*>(j.v0);
   io.m0 = static_cast<const scalar_t*>(j.m0);
@@ -83,11 +83,11 @@ void run_groups(const clif::CpuJob& job, int64_t g_begin, int64_t g_end) {
   const Params<float> p = params_of(job);
   auto io = io_of<S, STREAM>(job);
   for (int64_t g = g_begin; g < g_end; ++g) {
-    io.n0 = g * clif::kCpuLanes;
+    io.n0 = g * clif::kAvx512Lanes;
     if (BWD) {
-      avx512::clif::backward_sequence<IS_CLIF, kVectors, RESET>(p, job.T, io);
+      avx512::clif::backward_sequence<IS_CLIF, 1, RESET>(p, job.T, io);
     } else {
-      avx512::clif::forward_sequence<IS_CLIF, kVectors, RESET>(p, job.T, io);
+      avx512::clif::forward_sequence<IS_CLIF, 1, RESET>(p, job.T, io);
     }
   }
   // Streaming stores are weakly ordered: make them visible before the caller's threads join.
