@@ -1,8 +1,10 @@
-// The CPU kernel's fp32 group loops compiled for AVX-512, called when the processor has it
-// (clif_cpu.cpp decides). Measured on one core of the 2-core development machine (T=8, N=2^20,
-// fp32, 2026-11-28, a stand-alone driver of the core, denormals flushed): baseline SSE2 build
-// forward 105 ms, backward 140 ms; this build 20 and 32 ms. The 512-bit width matters: GCC's
-// default preference for 256-bit vectors on AVX-512 targets gave 36 and 108 ms.
+// The CPU kernel's group loops compiled for AVX-512 (fp32, bf16 and fp16 storage), called when
+// the processor has it (clif_cpu.cpp decides). The shared core runs here on Vec<8> lanes
+// (clif_simd.h): 128 neurons per group, reset mode and store kind as template constants.
+// History on the 2-core development machine (T=8, N=2^20, fp32, forward / backward): the
+// portable SSE2 build 105 / 140 ms on one core; GCC's auto-vectorisation of the core for
+// AVX-512 20 / 32 ms on one core; this build 3.4-5 / 5.6-8 ms on two cores (2026-11-28,
+// benchmarks/NOTES.md).
 //
 // The core is included inside an anonymous namespace, so every function it defines is private to
 // this file and the linker cannot merge one with its baseline copy from clif_cpu.cpp (which must
