@@ -192,7 +192,9 @@ CLIF_HD void surrogate_grads(const Params<acc_t>& p, const vec_t* h, vec_t* out)
   switch (p.surrogate) {
     case kRectangle:
 CLIF_LANES
-      for (int l = 0; l < L; ++l) out[l] = box(h[l] - th, vec_t(acc_t(0.5) * al), vec_t(acc_t(1) / al));
+      for (int l = 0; l < L; ++l) {
+        out[l] = box(h[l] - th, vec_t(acc_t(0.5) * al), vec_t(acc_t(1) / al));
+      }
       break;
     case kSigmoid:
 CLIF_LANES

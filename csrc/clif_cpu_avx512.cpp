@@ -98,9 +98,10 @@ void run_groups(const clif::CpuJob& job, int64_t g_begin, int64_t g_end) {
 
 // Streaming stores for the [T, N] output (spikes or grad_x) when every row is aligned to a
 // vector's 16 values (64 bytes for fp32, 32 for the 16-bit types; streaming stores need it) and
-// the output is large: the kernel never reads it back, and it is far larger than the 2 MiB L2 of a core here.
-// Interleaved in one process (T=8, N=2^20, fp32, 2 threads, 2026-11-28) they took the backward
-// from 9.0 to 7.6 ms (best of 30) and left the forward within noise.
+// the output is large: the kernel never reads it back, and it is far larger than the 2 MiB L2 of
+// a core here. A stand-alone driver of this build (T=8, N=2^20, fp32, 2 threads, inputs rotating
+// over 4 buffers, best of 12, three alternating runs, 2026-11-28): forward 4.7-5.2 ms with plain
+// stores, 4.2-4.6 streamed; backward 7.8-9.3 and 7.1.
 constexpr int64_t kStreamMinBytes = int64_t(4) << 20;
 
 bool stream_output(const void* out, int64_t T, int64_t N, int64_t elt) {

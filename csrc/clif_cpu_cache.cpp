@@ -24,9 +24,17 @@ struct Block {
 // nearby sizes share blocks without wasting much.
 class OutputCache final : public c10::Allocator {
  public:
-  OutputCache() {
+  OutputCache() : limit_(int64_t(1024) << 20) {
     const char* mb = std::getenv("CLIF_KERNELS_CPU_CACHE_MB");
-    limit_ = mb ? std::max<int64_t>(0, std::atoll(mb)) << 20 : int64_t(1024) << 20;
+    if (mb == nullptr) return;
+    char* end = nullptr;
+    const long long v = std::strtoll(mb, &end, 10);
+    if (end != mb && *end == '\0' && v >= 0 && v < (int64_t(1) << 40)) {
+      limit_ = int64_t(v) << 20;
+    } else {
+      TORCH_WARN("CLIF_KERNELS_CPU_CACHE_MB must be a whole number of MiB >= 0, got '", mb,
+                 "'; using 1024");
+    }
   }
 
   c10::DataPtr allocate(size_t n) override {

@@ -181,7 +181,8 @@ CLIF_VEC __m512 load16(const typename StorageTraits<S>::type* p) {
   if constexpr (S == Storage::kF32) {
     return _mm512_loadu_ps(p);
   } else if constexpr (S == Storage::kBF16) {
-    const __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+    const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    const __m512i w = _mm512_cvtepu16_epi32(raw);
     return _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
   } else {
     return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));

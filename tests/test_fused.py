@@ -2,6 +2,9 @@
 states and every gradient, for every option, dtype and awkward shape. Without a GPU the Triton
 kernels run in Triton's interpreter and the CUDA backend is skipped."""
 import itertools
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -386,3 +389,22 @@ def test_cpu_output_cache():
             extension.set_cpu_cache_limit(-1)
     finally:
         extension.set_cpu_cache_limit(old)
+
+
+@pytest.mark.parametrize("value,limit,warns", [("7", 7, False), ("0", 0, False),
+                                               ("lots", 1024, True), ("-3", 1024, True)])
+def test_cpu_output_cache_env(value, limit, warns):
+    """CLIF_KERNELS_CPU_CACHE_MB sets the cache's limit at the first use; a value that is not a
+    whole number of MiB >= 0 warns and leaves the default."""
+    if not _available("cpp"):
+        pytest.skip("the C++ extension is not built")
+    code = ("import warnings, torch; warnings.simplefilter('always')\n"
+            "from clif_kernels import extension, functional\n"
+            "functional.clif(torch.randn(2, 2**18), backend='cpp')\n"
+            "print('limit', extension.set_cpu_cache_limit(1))\n")
+    env = dict(os.environ, CLIF_KERNELS_CPU_CACHE_MB=value)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert f"limit {limit}" in out.stdout
+    assert ("CLIF_KERNELS_CPU_CACHE_MB must be" in out.stderr) == warns, out.stderr
