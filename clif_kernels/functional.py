@@ -31,17 +31,26 @@ def _memory_order(x_seq):
     """The neuron dimensions of `x_seq` (numbered from 0 = x_seq's dim 1) from the outermost to
     the innermost in memory; the identity when that order would not make a dense [T, N] view."""
     dims = list(range(x_seq.dim() - 1))
+    if x_seq.is_contiguous():  # the common case, decided in one call
+        return dims
     order = sorted(dims, key=lambda d: -x_seq.stride(d + 1))
     if order != dims and x_seq.permute(0, *[d + 1 for d in order]).is_contiguous():
         return order
     return dims
 
 
-def _fused_op(backend):
+def _fused_call(backend, *args):
+    """Runs a fused backend's forward op on (x, v0, m0, tau, ...), with autograd: the custom op
+    itself under torch.compile (which traces it and its fake kernel), `ops.FusedNeuron` around
+    it in eager mode (the same formula without the custom op's Python autograd layer)."""
     from . import ops
     if backend == "triton":
-        return ops.triton_fwd
-    return torch.ops.clif_fused.fwd  # cpp and cuda: the same op, dispatched on the device
+        fwd, bwd = ops.triton_fwd, ops.triton_bwd
+    else:  # cpp and cuda: the same op pair, dispatched on the device
+        fwd, bwd = torch.ops.clif_fused.fwd.default, torch.ops.clif_fused.bwd.default
+    if torch.compiler.is_compiling():
+        return fwd(*args)
+    return ops.FusedNeuron.apply(fwd, bwd, *args)
 
 
 def _run(x_seq, is_clif, v0, m0, return_state, backend, **params):
@@ -65,19 +74,28 @@ def _run(x_seq, is_clif, v0, m0, return_state, backend, **params):
         # channels_last (or any dense, time-outermost) input is a [T, N] view, and the outputs
         # and the input gradient come back with the input's strides, with no copy.
         order = _memory_order(x_seq)
+        same = order == sorted(order)  # no permutation needed (a contiguous input)
         inv = [order.index(d) for d in range(len(order))]
-        xp = x_seq.permute(0, *[d + 1 for d in order])
+        xp = x_seq if same else x_seq.permute(0, *[d + 1 for d in order])
         T, N = xp.shape[0], math.prod(xp.shape[1:])
-        needs_grad = torch.is_grad_enabled() and any(
-            t is not None and t.requires_grad for t in (x_seq, v0, m0))
-        flat = lambda t: None if t is None else t.permute(order).reshape(N)  # noqa: E731
-        spikes, vT, mT, _ = _fused_op(name)(
-            xp.reshape(T, N).contiguous(), flat(v0), flat(m0) if is_clif else None,
+        needs_grad = torch.is_grad_enabled() and (
+            x_seq.requires_grad or (v0 is not None and v0.requires_grad)
+            or (m0 is not None and m0.requires_grad))
+
+        def flat(t):
+            return None if t is None else (t if same else t.permute(order)).reshape(N)
+
+        spikes, vT, mT, _ = _fused_call(
+            name, xp.reshape(T, N).contiguous(), flat(v0), flat(m0) if is_clif else None,
             opts.tau, opts.v_threshold, opts.v_reset, opts.decay_input, is_clif, needs_grad,
             opts.surrogate_id, opts.alpha, opts.detach_reset)
-        spikes = spikes.view(xp.shape).permute(0, *[d + 1 for d in inv])
-        vT = vT.view(xp.shape[1:]).permute(inv)
-        mT = mT.view(xp.shape[1:]).permute(inv) if is_clif else None
+        if same:
+            spikes, vT = spikes.view(x_seq.shape), vT.view(x_seq.shape[1:])
+            mT = mT.view(x_seq.shape[1:]) if is_clif else None
+        else:
+            spikes = spikes.view(xp.shape).permute(0, *[d + 1 for d in inv])
+            vT = vT.view(xp.shape[1:]).permute(inv)
+            mT = mT.view(xp.shape[1:]).permute(inv) if is_clif else None
     if not return_state:
         return spikes
     return (spikes, vT, mT) if is_clif else (spikes, vT)

@@ -271,6 +271,39 @@ def test_compile_fullgraph(backend, is_clif):
     torch.testing.assert_close(vc.grad, ve.grad, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("is_clif", [True, False])
+def test_eager_function_matches_op_autograd(backend, is_clif):
+    """Eager calls go through ops.FusedNeuron (the ops below autograd); torch.compile traces the
+    ops with their registered autograd. Both must give the same outputs and gradients, bit for
+    bit, and save the same tensors."""
+    from clif_kernels import ops
+    if backend == "triton":
+        fwd, bwd = ops.triton_fwd, ops.triton_bwd
+    else:
+        fwd, bwd = torch.ops.clif_fused.fwd.default, torch.ops.clif_fused.bwd.default
+    dev = DEVICE[backend]
+    x0, v00, m00 = (torch.randn(11, 150, device=dev), torch.randn(150, device=dev),
+                    torch.randn(150, device=dev))
+    gs, gv = torch.randn(11, 150, device=dev), torch.randn(150, device=dev)
+    results = []
+    for via_function in (True, False):
+        x, v0, m0 = (t.clone().requires_grad_() for t in (x0, v00, m00))
+        args = (x, v0, m0 if is_clif else None, 1.7, 0.9, -0.1, True, is_clif, True, 1, 3.0,
+                False)
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t,
+                                                      lambda t: t):
+            out = ops.FusedNeuron.apply(fwd, bwd, *args) if via_function else fwd(*args)
+        loss = (out[0] * gs).sum() + (out[1] * gv).sum()
+        (loss + out[2].sum() if is_clif else loss).backward()
+        grads = [x.grad, v0.grad] + ([m0.grad] if is_clif else [])
+        results.append((out[:3], grads, sorted(t.shape for t in saved)))
+    (fo, fg, fs), (oo, og, os_) = results
+    for a, b in zip(fo + tuple(fg), oo + tuple(og)):
+        assert torch.equal(a, b)
+    assert fs == os_
+
+
 def _draw_away_from_jumps(opts, is_clif, v0, m0, margin):
     """An input whose h stays `margin` away from the threshold and from the edges of the
     surrogate's window, so that the surrogate term is exactly zero and finite differences flip
