@@ -6,7 +6,8 @@ compiled extension: the C++ kernel on CPU tensors, the CUDA kernels on CUDA tens
 csrc/clif_ops.cpp). fwd -> (spikes [T, N], vT [N], mT [N] or [0], ckpt [C, 2, N] in fp32, or
 fp64 for fp64 input); bwd -> (grad_x [T, N], grad_v0 [N] or [0], grad_m0 [N] or [0]).
 The autograd formula is shared: the forward op saves `x`, the initial states and the checkpoints,
-and the backward op recomputes everything else.
+and the backward op recomputes everything else. It is registered on the ops (what torch.compile
+traces) and wrapped in `FusedNeuron` (what eager calls use).
 """
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 // Fused C++ CPU kernel: the shared per-neuron core over groups of neighbouring neurons, in
-// parallel over groups. Inside a group the core's lane loops run over contiguous memory, so the
-// compiler can vectorise them.
+// parallel over groups. With AVX-512 (fp32, bf16, fp16) a group runs in clif_cpu_avx512.cpp on
+// SIMD registers; otherwise, and for fp64, here, where the core's lane loops run over contiguous
+// memory so that the compiler can vectorise them.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -24,11 +25,12 @@ namespace {
 // portable build's group; the AVX-512 build's is kAvx512Lanes.
 constexpr int kLanes = 64;
 
-// Subnormal operands cost a microcode assist per instruction on x86. The vectorised segment
-// recompute of the backward meets them (although no value it stores is subnormal, as a scalar
-// build that classifies every value showed), and flushing them took the backward from 327 to
-// 140 ms (SSE2) and from 69 to 31 ms (AVX-512) on one core, T=8, N=2^20. The flags are set for
-// the kernel's own loops only and restored after; what they change are values under 1.2e-38.
+// Subnormal operands cost a microcode assist per instruction on x86. The compiler-vectorised
+// segment recompute of the backward met them (although no value it stores is subnormal, as a
+// scalar build that classifies every value showed), and flushing them took its backward from 327
+// to 140 ms (SSE2) and from 69 to 31 ms (GCC's AVX-512 vectorisation, since replaced) on one
+// core, T=8, N=2^20. The flags are set for the kernel's own loops only (both builds) and
+// restored after; what they change are values under 1.2e-38.
 class FlushDenormals {
  public:
 #if defined(__x86_64__) || defined(_M_X64)
