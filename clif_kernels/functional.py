@@ -75,7 +75,6 @@ def _run(x_seq, is_clif, v0, m0, return_state, backend, **params):
         # and the input gradient come back with the input's strides, with no copy.
         order = _memory_order(x_seq)
         same = order == sorted(order)  # no permutation needed (a contiguous input)
-        inv = [order.index(d) for d in range(len(order))]
         xp = x_seq if same else x_seq.permute(0, *[d + 1 for d in order])
         T, N = xp.shape[0], math.prod(xp.shape[1:])
         needs_grad = torch.is_grad_enabled() and (
@@ -93,6 +92,7 @@ def _run(x_seq, is_clif, v0, m0, return_state, backend, **params):
             spikes, vT = spikes.view(x_seq.shape), vT.view(x_seq.shape[1:])
             mT = mT.view(x_seq.shape[1:]) if is_clif else None
         else:
+            inv = [order.index(d) for d in range(len(order))]
             spikes = spikes.view(xp.shape).permute(0, *[d + 1 for d in inv])
             vT = vT.view(xp.shape[1:]).permute(inv)
             mT = mT.view(xp.shape[1:]).permute(inv) if is_clif else None
