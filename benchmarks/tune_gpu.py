@@ -20,7 +20,8 @@ import torch
 from triton.testing import do_bench
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from clif_kernels import extension, triton_kernels  # noqa: E402
+from clif_kernels import backends, triton_kernels  # noqa: E402
+from clif_kernels.ops import FusedOptions  # noqa: E402
 
 FWD_CONFIGS = [(1024, 8), (1024, 8), (1024, 4), (512, 4), (2048, 8)]
 BWD_CONFIGS = [(256, 4), (256, 4), (128, 4), (512, 8), (256, 8)]
@@ -55,14 +56,14 @@ def main():
     print(f"device {torch.cuda.get_device_name() if dev.type == 'cuda' else 'cpu'}  copy {copy_gbps:.0f} GB/s")
     rows = []
     g = torch.Generator(device=dev).manual_seed(0)
-    extension.load()  # the compiled ops are imported lazily; load them before asking
-    have_cuda = extension.has_cuda() and dev.type == "cuda"
+    have_cuda = backends.unavailable_reason("cuda", dev, torch.float32) is None
     for shape in args.shapes.split(","):
         T, N = (int(v) for v in shape.split(":"))
         for dt in (torch.float32, torch.bfloat16):
             x = (torch.randn(T, N, device=dev, generator=g) * 1.5 + 0.3).to(dt)
             gs = torch.randn(T, N, device=dev, generator=g).to(dt)
-            scal = (2.0, 1.0, None, False)  # tau, v_threshold, v_reset (soft), decay_input
+            # tau 2, threshold 1, soft reset, no input decay, rectangle(1), CLIF
+            opts = FusedOptions(2.0, 1.0, None, False, 0, 1.0, False, True)
 
             def same(out, ref):
                 # Another block shape must not change a single bit of the result.
@@ -78,31 +79,28 @@ def main():
                       f"{ms:8.4f} ms {gbps:7.0f} GB/s {gbps / copy_gbps:5.0%} of copy {equal}")
 
             if have_cuda:
-                fwd = torch.ops.clif_fused.fwd
-                bwd = torch.ops.clif_fused.bwd
-                ck = fwd(x, None, None, *scal, True, True, 0, 1.0, False)[3]
-                record("cuda", "fwd", "-", bench(
-                    lambda: fwd(x, None, None, *scal, True, True, 0, 1.0, False)))
+                fwd, bwd = backends.REGISTRY["cuda"].op_pair()
+                ck = fwd(x, None, None, *opts, True)[3]
+                record("cuda", "fwd", "-", bench(lambda: fwd(x, None, None, *opts, True)))
                 record("cuda", "bwd", "-", bench(
-                    lambda: bwd(x, None, None, ck, gs, None, None, *scal, 0, 1.0, False, True)))
+                    lambda: bwd(x, None, None, ck, gs, None, None, *opts)))
             ref = None
             for block, warps in FWD_CONFIGS:
                 triton_kernels.FWD_BLOCK, triton_kernels.FWD_WARPS = block, warps
-                out = triton_kernels.clif_fwd(x, None, None, *scal, True, True)
+                out = triton_kernels.clif_fwd(x, None, None, opts, True)
                 record("triton", "fwd", f"{block}/{warps}", bench(
-                    lambda: triton_kernels.clif_fwd(x, None, None, *scal, True, True)),
+                    lambda: triton_kernels.clif_fwd(x, None, None, opts, True)),
                     same(out, ref))
                 ref = out if ref is None else ref
             triton_kernels.FWD_BLOCK, triton_kernels.FWD_WARPS = FWD_CONFIGS[0]
-            ck = triton_kernels.clif_fwd(x, None, None, *scal, True, True)[3]
+            ck = triton_kernels.clif_fwd(x, None, None, opts, True)[3]
             ref = None
             for block, warps in BWD_CONFIGS:
                 triton_kernels.BWD_BLOCK, triton_kernels.BWD_WARPS = block, warps
-                out = triton_kernels.clif_bwd(x, None, None, ck, gs, None, None, *scal, 0, 1.0,
-                                              False, True)
+                out = triton_kernels.clif_bwd(x, None, None, ck, gs, None, None, opts)
                 record("triton", "bwd", f"{block}/{warps}", bench(
-                    lambda: triton_kernels.clif_bwd(x, None, None, ck, gs, None, None, *scal,
-                                                    0, 1.0, False, True)), same(out, ref))
+                    lambda: triton_kernels.clif_bwd(x, None, None, ck, gs, None, None, opts)),
+                    same(out, ref))
                 ref = out if ref is None else ref
             triton_kernels.BWD_BLOCK, triton_kernels.BWD_WARPS = BWD_CONFIGS[0]
             x = gs = ck = out = ref = None  # free the device memory before the next shape

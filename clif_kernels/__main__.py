@@ -27,10 +27,10 @@ def main(argv=None):
     sub.add_parser("demo", help="CLIF vs LIF on a task that needs memory (CPU, ~2 minutes)",
                    add_help=False)
     if argv[:1] == ["bench"]:
-        from .benchmark import main as bench_main
+        from .tools.benchmark import main as bench_main
         return bench_main(argv[1:])
     if argv[:1] == ["demo"]:
-        from .demo import main as demo_main
+        from .tools.demo import main as demo_main
         return demo_main(argv[1:])
     args = parser.parse_args(argv)
 
@@ -38,7 +38,7 @@ def main(argv=None):
     if (args.command == "check" and not torch.cuda.is_available()
             and os.environ.get("TRITON_INTERPRET") != "1"):
         return _reexec_interpreted(argv)
-    from .check import run_check
+    from .tools.check import run_check
     return run_check(args.steps, args.neurons, args.seed)
 
 

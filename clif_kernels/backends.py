@@ -1,72 +1,157 @@
-"""Which backends can run where, and the choice that backend="auto" makes."""
-from __future__ import annotations
+"""The backends: one object each, with where it runs, why it cannot, and its op pair.
 
+This is the only module that knows the ops' names. The Triton module (and Triton itself) is
+imported, and the compiled extension loaded, the first time a backend that needs it is asked
+about, never at `import clif_kernels`.
+"""
+import importlib.util
 import os
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Tuple
 
 import torch
 
+from . import extension, ops
 from .options import BACKENDS
 
-# Read once at import: Triton itself decides at decoration time whether its kernels are
-# interpreted, so a later change of the variable would not take effect anyway.
-TRITON_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+HALF_AND_FLOAT = (torch.float16, torch.bfloat16, torch.float32)
+ALL_FLOAT = HALF_AND_FLOAT + (torch.float64,)
 
-try:
-    import triton  # noqa: F401
-    HAS_TRITON = True
-except ImportError:  # pragma: no cover - triton ships with CUDA builds of torch
-    HAS_TRITON = False
+
+def triton_interpret() -> bool:
+    """Whether Triton runs its kernels in its interpreter (on CPU tensors). Triton reads the
+    variable when the kernels are decorated, so only its value at that moment counts: the value
+    when this is first asked is kept."""
+    global _TRITON_INTERPRET
+    if _TRITON_INTERPRET is None:
+        _TRITON_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+    return _TRITON_INTERPRET
+
+
+_TRITON_INTERPRET: Optional[bool] = None
+
+
+def has_triton() -> bool:
+    try:
+        return importlib.util.find_spec("triton") is not None
+    except (ImportError, ValueError):  # a broken or blocked installation
+        return False
+
+
+@dataclass
+class Backend:
+    """`devices`/`dtypes`: what its kernels take; `why_not(device)`: None when it can run on
+    that device here, else a sentence saying why not; `load()`: its op pair (None for the
+    reference, which has no op)."""
+
+    name: str
+    devices: Tuple[str, ...]
+    dtypes: Tuple[torch.dtype, ...]
+    why_not: Callable[[torch.device], Optional[str]]
+    load: Callable[[], Optional[ops.OpPair]]
+    _pair: Optional[ops.OpPair] = field(default=None, repr=False)
+
+    def unavailable_reason(self, device: torch.device, dtype: torch.dtype) -> Optional[str]:
+        why = self.why_not(device)
+        if why is None and dtype not in self.dtypes:
+            kinds = ", ".join(str(d).replace("torch.", "") for d in self.dtypes)
+            why = f"the {self.name} backend takes {kinds}, got {dtype}"
+        return why
+
+    def op_pair(self) -> ops.OpPair:
+        if self._pair is None:
+            self._pair = self.load()
+        return self._pair
+
+
+def _no_cuda(device):
+    if device.type == "cuda" and not torch.cuda.is_available():
+        return "no CUDA device is available"
+    return None
+
+
+def _triton_why_not(device):
+    if not has_triton():
+        return "the triton package is not installed (pip install triton)"
+    if device.type == "cuda":
+        return _no_cuda(device)
+    if device.type == "cpu" and triton_interpret():
+        return None
+    return (f"Triton kernels need a CUDA tensor (got a {device.type} tensor); on the CPU "
+            "they run only under TRITON_INTERPRET=1, set before clif_kernels is first used")
+
+
+def _triton_load():
+    from . import triton_kernels
+    return ops.define("clif_triton", triton_kernels.clif_fwd, triton_kernels.clif_bwd,
+                      ("CPU", "CUDA"))
+
+
+_compiled_pair: Optional[ops.OpPair] = None
+
+
+def _compiled_load():
+    """The C++ library's op pair (its CPU kernel; the CUDA kernels register on the same ops)."""
+    global _compiled_pair
+    if _compiled_pair is None:
+        extension.load()
+        _compiled_pair = ops.register_compiled("clif_fused")
+    return _compiled_pair
+
+
+def _cpp_why_not(device):
+    if device.type != "cpu":
+        return f"the cpp backend runs on CPU tensors, got a {device.type} tensor"
+    if not extension.load()["cpp"]:
+        return ("the C++ extension clif_kernels._C is not built (pip install -e . builds it; "
+                "clif_kernels.extension.jit_build() compiles it on the spot)"
+                + extension.why_not("cpp"))
+    return None
+
+
+def _cuda_why_not(device):
+    if device.type != "cuda":
+        return f"the cuda backend runs on CUDA tensors, got a {device.type} tensor"
+    if _no_cuda(device):
+        return _no_cuda(device)
+    if not extension.load()["cuda"]:
+        return ("the CUDA extension clif_kernels._C_cuda is not built (it needs nvcc and a "
+                "CUDA build of torch at install time)" + extension.why_not("cuda"))
+    return None
+
+
+REGISTRY = {
+    "torch": Backend("torch", ("cpu", "cuda"), ALL_FLOAT, lambda device: None, lambda: None),
+    "triton": Backend("triton", ("cuda", "cpu"), HALF_AND_FLOAT, _triton_why_not, _triton_load),
+    "cuda": Backend("cuda", ("cuda",), HALF_AND_FLOAT, _cuda_why_not, _compiled_load),
+    "cpp": Backend("cpp", ("cpu",), ALL_FLOAT, _cpp_why_not, _compiled_load),
+}
+# What backend="auto" tries, fastest first.
+AUTO_ORDER = {"cuda": ("cuda", "triton", "torch"), "cpu": ("cpp", "torch")}
+
+
+def _check_name(backend):
+    if not isinstance(backend, str) or backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
 
 
 def unavailable_reason(backend: str, device: torch.device, dtype: torch.dtype):
     """None when `backend` can run on this device and dtype, else a sentence saying why not."""
-    if backend == "torch":
-        return None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        return "no CUDA device is available"
-    if backend == "triton":
-        if not HAS_TRITON:
-            return "the triton package is not installed"
-        if dtype == torch.float64:
-            return "the Triton kernels store float32, float16 and bfloat16 only"
-        if device.type == "cuda":
-            return None
-        if device.type == "cpu" and TRITON_INTERPRET:
-            return None
-        return (f"Triton kernels need a CUDA tensor (got a {device.type} tensor); on the CPU "
-                "they run only under TRITON_INTERPRET=1, set before clif_kernels is imported")
-    if backend in ("cuda", "cpp"):
-        from . import ops  # noqa: F401  (loads the compiled extensions and registers them)
-        from . import extension
-        if backend == "cpp":
-            if not extension.has_cpp():
-                return ("the C++ extension clif_kernels._C is not built (pip install -e . builds "
-                        "it; clif_kernels.extension.jit_build() compiles it on the spot)")
-            if device.type != "cpu":
-                return f"the cpp backend runs on CPU tensors, got a {device.type} tensor"
-            return None
-        if not extension.has_cuda():
-            return ("the CUDA extension clif_kernels._C_cuda is not built (it needs nvcc and a "
-                    "CUDA build of torch at install time)")
-        if device.type != "cuda":
-            return f"the cuda backend runs on CUDA tensors, got a {device.type} tensor"
-        if dtype == torch.float64:
-            return "the CUDA kernels store float32, float16 and bfloat16 only"
-        return None
-    raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-
-
-def resolve_backend(backend, device: torch.device, dtype: torch.dtype) -> str:
-    """Map "auto" to the fastest backend that runs here; check that a named one can run."""
-    if not isinstance(backend, str) or backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    _check_name(backend)
     if backend == "auto":
-        order = ("cuda", "triton", "torch") if device.type == "cuda" else ("cpp", "torch")
-        for name in order:
-            if unavailable_reason(name, device, dtype) is None:
-                return name
-        return "torch"
-    why = unavailable_reason(backend, device, dtype)
+        return None
+    return REGISTRY[backend].unavailable_reason(device, dtype)
+
+
+def resolve_backend(backend, device: torch.device, dtype: torch.dtype) -> Backend:
+    """Map "auto" to the fastest backend that runs here; check that a named one can run."""
+    _check_name(backend)
+    if backend == "auto":
+        for name in AUTO_ORDER.get(device.type, ("torch",)):
+            if REGISTRY[name].unavailable_reason(device, dtype) is None:
+                return REGISTRY[name]
+        return REGISTRY["torch"]
+    why = REGISTRY[backend].unavailable_reason(device, dtype)
     if why is not None:
         raise RuntimeError(f"backend={backend!r} cannot run here: {why}")
-    return backend
+    return REGISTRY[backend]

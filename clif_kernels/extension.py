@@ -12,10 +12,11 @@ import os
 
 import torch
 
-from . import build_config
+
 
 CSRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "csrc")
 _loaded = {"cpp": False, "cuda": False}
+_tried = False
 load_errors = {}
 
 
@@ -28,26 +29,30 @@ def _import(name):
         return False
 
 
-def load() -> None:
-    """Import whichever compiled extensions are present (idempotent)."""
-    if not _loaded["cpp"]:
+def load() -> dict:
+    """Import whichever compiled extensions are present, once (the backends call it on first
+    use; `jit_build` adds what it builds). Returns {"cpp": loaded, "cuda": loaded}."""
+    global _tried
+    if not _tried:
+        _tried = True
         _loaded["cpp"] = _import("_C")
-    if _loaded["cpp"] and not _loaded["cuda"]:
-        _loaded["cuda"] = _import("_C_cuda")
+        _loaded["cuda"] = _loaded["cpp"] and _import("_C_cuda")
+    return _loaded
 
 
-def has_cpp() -> bool:
-    return _loaded["cpp"]
-
-
-def has_cuda() -> bool:
-    return _loaded["cuda"]
+def why_not(kind: str) -> str:
+    """The import error of an extension that did not load, as a clause for a message."""
+    err = load_errors.get("_C" if kind == "cpp" else "_C_cuda")
+    return f"; importing it failed: {err}" if err else ""
 
 
 def jit_build(cuda: bool | None = None, verbose: bool = False) -> None:
     """Compile and load the extensions from `csrc/` (needs a source checkout and a compiler;
     the CUDA one also needs nvcc and a CUDA build of torch)."""
     from torch.utils.cpp_extension import load as load_ext
+
+    from . import build_config
+    load()  # what is installed already counts; build only the rest
     if not os.path.isdir(CSRC):
         raise RuntimeError(f"no C++ sources at {CSRC}: jit_build needs a source checkout")
     if not _loaded["cpp"]:
@@ -64,13 +69,10 @@ def jit_build(cuda: bool | None = None, verbose: bool = False) -> None:
                  extra_include_paths=[CSRC] + build_config.nvidia_include_dirs(),
                  verbose=verbose, is_python_module=False)
         _loaded["cuda"] = True
-    from . import ops
-    ops.register_fused()
 
 
 def _cache_op(name):
-    load()
-    if not _loaded["cpp"]:
+    if not load()["cpp"]:
         raise RuntimeError("the C++ extension is not built: " + load_errors.get("_C", ""))
     return getattr(torch.ops.clif_fused, name)
 

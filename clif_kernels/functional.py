@@ -1,11 +1,10 @@
 """The public functional API: `clif` and `lif` over a whole sequence `[T, *]`."""
-from __future__ import annotations
-
 import math
 
 import torch
 
 from .backends import resolve_backend
+from .ops import FusedNeuron, fused_options
 from .options import make_options
 from .reference import neuron_reference
 
@@ -39,18 +38,14 @@ def _memory_order(x_seq):
     return dims
 
 
-def _fused_call(backend, *args):
-    """Runs a fused backend's forward op on (x, v0, m0, tau, ...), with autograd: the custom op
-    itself under torch.compile (which traces it and its fake kernel), `ops.FusedNeuron` around
-    it in eager mode (the same formula without the custom op's Python autograd layer)."""
-    from . import ops
-    if backend == "triton":
-        fwd, bwd = ops.triton_fwd, ops.triton_bwd
-    else:  # cpp and cuda: the same op pair, dispatched on the device
-        fwd, bwd = torch.ops.clif_fused.fwd.default, torch.ops.clif_fused.bwd.default
+def _fused_call(pair, *args):
+    """Runs a backend's forward op on (x, v0, m0, *options, save), with autograd: the op itself
+    under torch.compile (which traces it, its fake kernel and its registered autograd), and
+    `ops.FusedNeuron` around it in eager mode (the same formula without the custom op's Python
+    autograd layer)."""
     if torch.compiler.is_compiling():
-        return fwd(*args)
-    return ops.FusedNeuron.apply(fwd, bwd, *args)
+        return pair.fwd(*args)
+    return FusedNeuron.apply(pair, *args)
 
 
 def _run(x_seq, is_clif, v0, m0, return_state, backend, **params):
@@ -66,8 +61,9 @@ def _run(x_seq, is_clif, v0, m0, return_state, backend, **params):
     opts = make_options(**params)
     _check_state("v0", v0, x_seq)
     _check_state("m0", m0, x_seq)
-    name = resolve_backend(backend, x_seq.device, x_seq.dtype)
-    if name == "torch":
+    chosen = resolve_backend(backend, x_seq.device, x_seq.dtype)
+    pair = chosen.op_pair()
+    if pair is None:  # the reference
         spikes, vT, mT = neuron_reference(x_seq, opts, clif=is_clif, v0=v0, m0=m0)
     else:
         # Work where the input lies: order the neuron dimensions as they sit in memory, so that a
@@ -82,12 +78,14 @@ def _run(x_seq, is_clif, v0, m0, return_state, backend, **params):
             or (m0 is not None and m0.requires_grad))
 
         def flat(t):
-            return None if t is None else (t if same else t.permute(order)).reshape(N)
+            # Dense rows, as the kernels address them (a state may be any strided view).
+            if t is None:
+                return None
+            return (t if same else t.permute(order)).reshape(N).contiguous()
 
         spikes, vT, mT, _ = _fused_call(
-            name, xp.reshape(T, N).contiguous(), flat(v0), flat(m0) if is_clif else None,
-            opts.tau, opts.v_threshold, opts.v_reset, opts.decay_input, is_clif, needs_grad,
-            opts.surrogate_id, opts.alpha, opts.detach_reset)
+            pair, xp.reshape(T, N).contiguous(), flat(v0), flat(m0) if is_clif else None,
+            *fused_options(opts, is_clif), needs_grad)
         if same:
             spikes, vT = spikes.view(x_seq.shape), vT.view(x_seq.shape[1:])
             mT = mT.view(x_seq.shape[1:]) if is_clif else None

@@ -13,6 +13,16 @@ from typing import Optional
 SURROGATES = {"rectangle": 0, "sigmoid": 1, "atan": 2, "triangle": 3}
 DEFAULT_ALPHA = {"rectangle": 1.0, "sigmoid": 4.0, "atan": 2.0, "triangle": 1.0}
 BACKENDS = ("auto", "torch", "triton", "cuda", "cpp")
+# Steps per recomputed segment of the fused backwards; csrc/clif_core.h has the C++ twin
+# (kCkptEvery), and a test checks that the two agree. 8 keeps the backward's register tiles at
+# 2 * 8 values per neuron and covers the common T = 4..8 with no checkpoint at all.
+CKPT_EVERY = 8
+
+
+def n_checkpoints(T: int) -> int:
+    """Number of (v, m) checkpoints a fused forward stores for T steps: one at the start of
+    every segment of CKPT_EVERY steps after the first."""
+    return max(-(-T // CKPT_EVERY) - 1, 0)
 
 
 @dataclass(frozen=True)

@@ -11,22 +11,16 @@ before walking it in reverse. For T <= CKPT_EVERY the saved bytes are exactly th
 Naming: `*_kernel` is the Triton kernel, `clif_fwd`/`clif_bwd` the launchers, `b_` a block value,
 `p_` a block of pointers.
 """
-from __future__ import annotations
-
 import os
 
 import torch
 import triton
 import triton.language as tl
 
-from .options import charge_constants
+from .options import CKPT_EVERY, charge_constants, n_checkpoints
 
-# Steps per recomputed segment. 8 keeps the two fp32 tiles of the backward at 2 * 8 values per
-# neuron, and covers the common T = 4..8 with no checkpoint at all.
-CKPT_EVERY = 8
-# Four neurons per thread in the forward. Measured on an H200 (tune_gpu.py, 2026-11-28): at
-# T=32, N=2^21, bf16, 1024/8 took 0.105 ms against 0.213 for 1024/4 (8 per thread); at T=8,
-# N=2^23 the two were within 2% (fp32 0.1542/0.1545 ms, bf16 0.0963/0.0947), results identical.
+# Four neurons per thread in the forward: the tuning run on an H200 chose 1024/8 over 1024/4
+# (twice as fast for bf16 at T = 32, equal at T = 8; benchmarks/NOTES.md).
 FWD_BLOCK, FWD_WARPS = 1024, 8
 # Two neurons per thread in the backward: at four, ptxas gave up to 159 registers (sm_90),
 # which caps occupancy at 3 blocks of 128 threads per SM.
@@ -209,21 +203,26 @@ def _empty(shape, dtype, device):
     return torch.empty(shape, dtype=dtype, device=device)
 
 
-def _scalars(tau, v_threshold, v_reset, decay_input):
-    """The kernels' runtime scalars: gamma, c, b, 1/tau, threshold, v_reset, v_init."""
-    gamma, c, b = charge_constants(tau, v_reset, decay_input)
-    vr = v_reset if v_reset is not None else 0.0
-    return gamma, c, b, 1.0 / tau, v_threshold, vr, vr
+def _scalars(o):
+    """The kernels' runtime scalars from `ops.FusedOptions`: gamma, c, b, 1/tau, threshold,
+    v_reset, v_init."""
+    gamma, c, b = charge_constants(o.tau, o.v_reset, o.decay_input)
+    vr = o.v_reset if o.v_reset is not None else 0.0
+    return gamma, c, b, 1.0 / o.tau, o.v_threshold, vr, vr
 
 
-def n_checkpoints(T: int) -> int:
-    """Number of (v, m) checkpoints the forward stores for a sequence of T steps."""
-    return max(-(-T // CKPT_EVERY) - 1, 0)
+def _check_dense(**tensors):
+    # The kernels address every tensor as dense rows; a strided one would be read wrongly.
+    for name, t in tensors.items():
+        if t is not None and not t.is_contiguous():
+            raise ValueError(f"{name} must be contiguous")
 
 
-def clif_fwd(x, v0, m0, tau, v_threshold, v_reset, decay_input, is_clif, save):
-    """Launch the forward on `x: [T, N]` (contiguous). Returns `(spikes [T, N], vT [N], mT [N] or
-    [0], ckpt [n_checkpoints(T), 2, N] fp32 or [0, 2, N])`."""
+def clif_fwd(x, v0, m0, o, save):
+    """Launch the forward on `x: [T, N]` with `o: ops.FusedOptions`. Returns `(spikes [T, N],
+    vT [N], mT [N] or [0], ckpt [n_checkpoints(T), 2, N] fp32 or [0, 2, N])`."""
+    _check_dense(x=x, v0=v0, m0=m0)
+    is_clif = o.is_clif
     T, N = x.shape
     spikes = _empty(x.shape, x.dtype, x.device)
     vT = _empty((N,), x.dtype, x.device)
@@ -235,18 +234,19 @@ def clif_fwd(x, v0, m0, tau, v_threshold, v_reset, decay_input, is_clif, save):
     grid = (triton.cdiv(N, FWD_BLOCK),)
     clif_fwd_kernel[grid](
         x, v0 if v0 is not None else x, m0 if m0 is not None else x, spikes, vT,
-        mT if is_clif else vT, ckpt if n_ck else x, T, N,
-        *_scalars(tau, v_threshold, v_reset, decay_input),
+        mT if is_clif else vT, ckpt if n_ck else x, T, N, *_scalars(o),
         HAS_V0=v0 is not None, HAS_M0=m0 is not None and is_clif,
-        HARD_RESET=v_reset is not None, IS_CLIF=is_clif, SAVE_CKPT=n_ck > 0,
+        HARD_RESET=o.v_reset is not None, IS_CLIF=is_clif, SAVE_CKPT=n_ck > 0,
         K=CKPT_EVERY, BLOCK=FWD_BLOCK, num_warps=FWD_WARPS)
     return spikes, vT, mT, ckpt
 
 
-def clif_bwd(x, v0, m0, ckpt, grad_spikes, grad_vT, grad_mT, tau, v_threshold, v_reset,
-             decay_input, surrogate, alpha, detach_reset, is_clif):
+def clif_bwd(x, v0, m0, ckpt, grad_spikes, grad_vT, grad_mT, o):
     """Launch the backward. Gradients that are None count as zero. Returns `(grad_x [T, N],
     grad_v0 [N] or [0], grad_m0 [N] or [0])`."""
+    _check_dense(x=x, v0=v0, m0=m0, ckpt=ckpt, grad_spikes=grad_spikes, grad_vT=grad_vT,
+                 grad_mT=grad_mT)
+    is_clif = o.is_clif
     T, N = x.shape
     gx = _empty(x.shape, x.dtype, x.device)
     gv0 = _empty((N if v0 is not None else 0,), x.dtype, x.device)
@@ -255,16 +255,15 @@ def clif_bwd(x, v0, m0, ckpt, grad_spikes, grad_vT, grad_mT, tau, v_threshold, v
     if N == 0:
         return gx, gv0, gm0
     grid = (triton.cdiv(N, BWD_BLOCK),)
-    gamma, c, b, inv_tau, th, vr, v_init = _scalars(tau, v_threshold, v_reset, decay_input)
     clif_bwd_kernel[grid](
         x, v0 if v0 is not None else x, m0 if has_m0 else x, ckpt if ckpt.numel() else x,
         grad_spikes if grad_spikes is not None else x,
         grad_vT if grad_vT is not None else x,
         grad_mT if (grad_mT is not None and is_clif) else x,
         gx, gv0 if v0 is not None else gx, gm0 if has_m0 else gx, T, N,
-        gamma, c, b, inv_tau, th, vr, v_init, alpha,
+        *_scalars(o), o.alpha,
         HAS_V0=v0 is not None, HAS_M0=has_m0, HAS_GS=grad_spikes is not None,
         HAS_GVT=grad_vT is not None, HAS_GMT=grad_mT is not None and is_clif,
-        HARD_RESET=v_reset is not None, IS_CLIF=is_clif, DETACH_RESET=detach_reset,
-        SURROGATE=surrogate, K=CKPT_EVERY, BLOCK=BWD_BLOCK, num_warps=BWD_WARPS)
+        HARD_RESET=o.v_reset is not None, IS_CLIF=is_clif, DETACH_RESET=o.detach_reset,
+        SURROGATE=o.surrogate, K=CKPT_EVERY, BLOCK=BWD_BLOCK, num_warps=BWD_WARPS)
     return gx, gv0, gm0

@@ -14,6 +14,8 @@
 #include <cmath>
 #include <cstdint>
 
+#include "clif_params.h"
+
 #if defined(__CUDACC__)
 #define CLIF_HD __host__ __device__ __forceinline__
 #define CLIF_UNROLL _Pragma("unroll")
@@ -38,37 +40,16 @@
 
 namespace clif {
 
-// Steps per recomputed segment; must equal triton_kernels.CKPT_EVERY (the fake kernels and the
-// checkpoint tensor's shape depend on it). 8 keeps the backward's register arrays at 16 floats
-// per neuron and covers T <= 8 with no checkpoint at all.
+// Steps per recomputed segment; options.CKPT_EVERY is the Python twin (a test checks that they
+// agree: the fake kernels and the checkpoint tensor's shape depend on it).
 constexpr int kCkptEvery = 8;
 
 enum Surrogate : int { kRectangle = 0, kSigmoid = 1, kAtan = 2, kTriangle = 3 };
 
-// How a kernel knows the reset mode: at run time from Params::hard (a blend of both formulas;
-// the GPU kernels and the portable CPU build), or at compile time (the AVX-512 CPU build, where
-// the blend's extra multiplies were a tenth of the forward's instructions).
+// How a kernel knows the reset mode: at run time from Params::hard (the GPU kernels, where the
+// branch is warp-uniform), or at compile time (the CPU builds, where a select on a
+// loop-invariant flag would keep GCC from vectorising the lane loops).
 enum Reset : int { kAnyReset = 0, kSoftReset = 1, kHardReset = 2 };
-
-// The spec's parameters, reduced to the constants the recurrence uses. Options that do not
-// change the inner loop's cost stay runtime values (warp-uniform branches on the GPU).
-template <typename acc_t>
-struct Params {
-  acc_t gamma;    // 1 - 1/tau
-  acc_t c;        // 1/tau if decay_input else 1
-  acc_t b;        // v_reset/tau for a hard reset, else 0
-  acc_t inv_tau;
-  acc_t th;       // v_threshold
-  acc_t v_reset;  // 0 for a soft reset
-  acc_t v_init;   // v before step 0 when no v0 is given
-  acc_t alpha;    // surrogate width/steepness
-  // 0/1 factors rather than bools: the formulas blend with them (exact for finite values, since
-  // one side is multiplied by exactly 0 and the other by 1), because GCC does not vectorise a
-  // select on a loop-invariant bool.
-  acc_t hard;        // 1 for a hard reset
-  acc_t keep_reset;  // 0 when detach_reset (the reset terms carry no gradient), else 1
-  int surrogate;
-};
 
 #if !defined(__CUDA_ARCH__)
 // exp for float on the CPU, written so that the lane loops vectorise (std::exp is a scalar
@@ -169,7 +150,8 @@ CLIF_HD vec_t step(const Params<acc_t>& p, vec_t& v, vec_t& m, vec_t x, vec_t& a
   } else if (RESET == kHardReset) {
     vn = (vec_t(1) - s) * h + s * p.v_reset;
   } else {
-    vn = p.hard * ((vec_t(1) - s) * h + s * p.v_reset) + (acc_t(1) - p.hard) * (h - s * p.th);
+    // A select, not a blend of both formulas: 0 * inf would turn an infinite h into NaN.
+    vn = p.hard ? (vec_t(1) - s) * h + s * p.v_reset : nmadd(s, vec_t(p.th), h);
   }
   a = vec_t(0);
   r = vec_t(0);
@@ -235,9 +217,10 @@ CLIF_HD vec_t step_backward(const Params<acc_t>& p, vec_t h, vec_t mp, vec_t a, 
   } else if (RESET == kHardReset) {
     dvds = p.v_reset - h - r;
   } else {
-    dvds = p.hard * (p.v_reset - h - r) + (acc_t(1) - p.hard) * (-p.th - r);
+    dvds = p.hard ? p.v_reset - h - r : -p.th - r;
   }
-  const vec_t gs1 = madd(p.keep_reset * gv, dvds, gs) + gm1;
+  // Selected, not multiplied by a 0/1 factor: 0 * inf is NaN where the reference has 0.
+  const vec_t gs1 = (p.keep_reset ? madd(gv, dvds, gs) : gs) + gm1;
   // dv/dh: 1 - s (hard) or 1 (soft).
   vec_t gh;
   if (RESET == kSoftReset) {
@@ -245,7 +228,7 @@ CLIF_HD vec_t step_backward(const Params<acc_t>& p, vec_t h, vec_t mp, vec_t a, 
   } else if (RESET == kHardReset) {
     gh = madd(gs1, sg, gv * (acc_t(1) - s));
   } else {
-    gh = madd(gs1, sg, gv * (acc_t(1) - p.hard * s));
+    gh = madd(gs1, sg, p.hard ? gv * (acc_t(1) - s) : gv);
   }
   if (IS_CLIF) {
     gh = madd(gm1 * mp, a * (acc_t(1) - a) * p.inv_tau, gh);
@@ -268,7 +251,7 @@ constexpr bool kKeepSigmoids = true;
 // Drivers over all T steps for a group of L lanes. IO provides the lanes' register type vec_t
 // (acc_t, one neuron per lane; or a SIMD vector of neighbouring neurons, clif_simd.h) and, for
 // its group:
-//   load_initial(v[L], m[L]), store_final(v, m), load_x(t, x[L]), store_spikes(t, s[L]),
+//   load_initial(v[L], m[L], v_init), store_final(v, m), load_x(t, x[L]), store_spikes(t, s[L]),
 //   store_ckpt(j, v, m), load_ckpt(j, v, m), load_final_grads(gv, gm), load_gs(t, gs[L]),
 //   store_gx(t, gx[L]), store_initial_grads(gv, gm), and the flag `save`.
 
@@ -279,7 +262,7 @@ CLIF_HD void forward_sequence(const Params<acc_t>& params, int64_t T, IO& io) {
   const Params<acc_t> p = params;
   using vec_t = typename IO::vec_t;
   vec_t v[L], m[L], x[L], s[L];
-  io.load_initial(v, m);
+  io.load_initial(v, m, p.v_init);
   for (int64_t t = 0; t < T; ++t) {
     if (io.save && t > 0 && t % kCkptEvery == 0) io.store_ckpt(t / kCkptEvery - 1, v, m);
     io.load_x(t, x);
@@ -305,7 +288,7 @@ CLIF_HD void backward_sequence(const Params<acc_t>& params, int64_t T, IO& io) {
     const int len = T - t0 < K ? static_cast<int>(T - t0) : K;
     vec_t v[L], m[L];
     if (j == 0) {
-      io.load_initial(v, m);
+      io.load_initial(v, m, p.v_init);
     } else {
       io.load_ckpt(j - 1, v, m);
     }
@@ -368,43 +351,40 @@ struct alignas(ALIGNED ? sizeof(scalar_t) * L : alignof(scalar_t)) Pack {
   scalar_t v[L];
 };
 
-// Where one launch reads and writes; shared by all group widths.
+// GroupData's pointers cast to one storage type; the base of the kernels' IO objects (GroupIO
+// here, VecIO in clif_simd.h), with n0 the first neuron of the current group.
 template <typename scalar_t, typename acc_t>
-struct GroupData {
-  // forward and backward
-  const scalar_t* x = nullptr;
-  const scalar_t* v0 = nullptr;  // may be null
-  const scalar_t* m0 = nullptr;  // may be null (always for LIF)
-  acc_t* ckpt = nullptr;         // [n_ckpt, 2, N]: fp32, or fp64 for fp64 storage
-  // forward
-  scalar_t* spikes = nullptr;
-  scalar_t* vT = nullptr;
-  scalar_t* mT = nullptr;  // null for LIF
-  // backward
-  const scalar_t* gs = nullptr;   // may be null
-  const scalar_t* gvT = nullptr;  // may be null
-  const scalar_t* gmT = nullptr;  // may be null
-  scalar_t* gx = nullptr;
-  scalar_t* gv0 = nullptr;  // null when v0 is
-  scalar_t* gm0 = nullptr;  // null when m0 is
-  int64_t N = 0;
-  int64_t n0 = 0;  // first neuron of the group
-  acc_t v_init = 0;
-  bool save = false;
+struct TypedData {
+  const scalar_t *x, *v0, *m0, *gs, *gvT, *gmT;
+  scalar_t *spikes, *vT, *mT, *gx, *gv0, *gm0;
+  acc_t* ckpt;
+  int64_t N;
+  int64_t n0 = 0;
+  bool save;
+
+  CLIF_HD explicit TypedData(const GroupData<acc_t>& d)
+      : x(static_cast<const scalar_t*>(d.x)), v0(static_cast<const scalar_t*>(d.v0)),
+        m0(static_cast<const scalar_t*>(d.m0)), gs(static_cast<const scalar_t*>(d.gs)),
+        gvT(static_cast<const scalar_t*>(d.gvT)), gmT(static_cast<const scalar_t*>(d.gmT)),
+        spikes(static_cast<scalar_t*>(d.spikes)), vT(static_cast<scalar_t*>(d.vT)),
+        mT(static_cast<scalar_t*>(d.mT)), gx(static_cast<scalar_t*>(d.gx)),
+        gv0(static_cast<scalar_t*>(d.gv0)), gm0(static_cast<scalar_t*>(d.gm0)), ckpt(d.ckpt),
+        N(d.N), save(d.save) {}
 };
 
+// The IO of a group of L neighbouring neurons, one per lane.
 template <typename scalar_t, typename acc_t, int L, bool ALIGNED>
-struct GroupIO : GroupData<scalar_t, acc_t> {
+struct GroupIO : TypedData<scalar_t, acc_t> {
   using P = Pack<scalar_t, L, ALIGNED>;
-  using Data = GroupData<scalar_t, acc_t>;
+  using Data = TypedData<scalar_t, acc_t>;
   using vec_t = acc_t;  // the drivers' register type: one neuron per lane
   static constexpr int lanes = L;
   using Data::x; using Data::v0; using Data::m0; using Data::ckpt; using Data::spikes;
   using Data::vT; using Data::mT; using Data::gs; using Data::gvT; using Data::gmT;
   using Data::gx; using Data::gv0; using Data::gm0; using Data::N; using Data::n0;
-  using Data::v_init; using Data::save;
+  using Data::save;
 
-  CLIF_HD explicit GroupIO(const Data& d) : Data(d) {}
+  CLIF_HD explicit GroupIO(const GroupData<acc_t>& d) : Data(d) {}
 
   CLIF_HD void load(const scalar_t* row, acc_t* out) const {
     const P pk = *reinterpret_cast<const P*>(row + n0);
@@ -422,7 +402,7 @@ CLIF_LANES
     for (int l = 0; l < L; ++l) out[l] = value;
   }
 
-  CLIF_HD void load_initial(acc_t* v, acc_t* m) const {
+  CLIF_HD void load_initial(acc_t* v, acc_t* m, acc_t v_init) const {
     if (v0) load(v0, v); else fill(v, v_init);
     if (m0) load(m0, m); else fill(m, acc_t(0));
   }

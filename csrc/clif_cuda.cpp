@@ -26,9 +26,8 @@ bool aligned(const void* ptr, size_t bytes) {
 }
 
 // The vector path needs N to be a multiple of kVec and every row start aligned to kVec elements.
-template <typename scalar_t>
-bool can_vectorize(const GroupData<scalar_t, float>& d) {
-  const size_t b = sizeof(scalar_t) * kVec;
+bool can_vectorize(const GroupData<float>& d, size_t elt) {
+  const size_t b = elt * kVec;
   return d.N % kVec == 0 && aligned(d.x, b) && aligned(d.v0, b) && aligned(d.m0, b) &&
          aligned(d.spikes, b) && aligned(d.vT, b) && aligned(d.mT, b) && aligned(d.gs, b) &&
          aligned(d.gvT, b) && aligned(d.gmT, b) && aligned(d.gx, b) && aligned(d.gv0, b) &&
@@ -40,46 +39,42 @@ bool can_vectorize(const GroupData<scalar_t, float>& d) {
                                      AT_DISPATCH_CASE(at::kHalf, __VA_ARGS__)             \
                                          AT_DISPATCH_CASE(at::kBFloat16, __VA_ARGS__))
 
-FwdResult fwd_cuda(const at::Tensor& x, const OptTensor& v0, const OptTensor& m0, double tau,
-                   double v_threshold, c10::optional<double> v_reset, bool decay_input,
-                   bool is_clif, bool save, int64_t surrogate, double alpha, bool detach_reset) {
-  FwdResult out = prepare_fwd(x, v0, m0, tau, v_threshold, surrogate, alpha, is_clif, save,
-                              c10::DeviceType::CUDA);
-  const c10::cuda::CUDAGuard guard(x.device());
-  CLIF_DISPATCH_CUDA_TYPES(x.scalar_type(), "clif_fwd_cuda", [&] {
-    const auto p = make_params<float>(tau, v_threshold, v_reset, decay_input, surrogate, alpha,
-                                      detach_reset);
-    const auto data = fwd_io<scalar_t, float>(out, x, v0, m0, is_clif, p.v_init);
-    C10_CUDA_CHECK(launch_fwd<scalar_t>(data, p, x.size(0), is_clif, can_vectorize(data),
-                                        at::cuda::getCurrentCUDAStream()));
-  });
-  return out;
-}
-
-BwdResult bwd_cuda(const at::Tensor& x, const OptTensor& v0, const OptTensor& m0,
-                   const at::Tensor& ckpt, const OptTensor& gs, const OptTensor& gvT,
-                   const OptTensor& gmT, double tau, double v_threshold,
-                   c10::optional<double> v_reset, bool decay_input, int64_t surrogate,
-                   double alpha, bool detach_reset, bool is_clif) {
-  BwdResult out = prepare_bwd(x, v0, m0, ckpt, gs, gvT, gmT, tau, v_threshold, surrogate, alpha,
-                              is_clif, c10::DeviceType::CUDA);
-  const c10::cuda::CUDAGuard guard(x.device());
-  CLIF_DISPATCH_CUDA_TYPES(x.scalar_type(), "clif_bwd_cuda", [&] {
-    const auto p = make_params<float>(tau, v_threshold, v_reset, decay_input, surrogate, alpha,
-                                      detach_reset);
-    const auto data = bwd_io<scalar_t, float>(out, x, v0, m0, ckpt, gs, gvT, gmT, is_clif,
-                                              p.v_init);
-    C10_CUDA_CHECK(launch_bwd<scalar_t>(data, p, x.size(0), is_clif, can_vectorize(data),
-                                        at::cuda::getCurrentCUDAStream()));
-  });
-  return out;
-}
-
 }  // namespace
 
+template <>
+c10::Allocator* output_allocator<c10::DeviceType::CUDA>() {
+  return nullptr;  // torch's caching allocator
+}
+
+template <>
+void run_fwd<c10::DeviceType::CUDA>(const FwdResult& out, const Tensor& x, const OptTensor& v0,
+                                    const OptTensor& m0, const OpOptions& o) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  const auto p = make_params<float>(o);
+  const auto data = fwd_io<float>(out, x, v0, m0, o.is_clif);
+  CLIF_DISPATCH_CUDA_TYPES(x.scalar_type(), "clif_fwd_cuda", [&] {
+    C10_CUDA_CHECK(launch_fwd<scalar_t>(p, data, can_vectorize(data, sizeof(scalar_t)),
+                                        at::cuda::getCurrentCUDAStream()));
+  });
+}
+
+template <>
+void run_bwd<c10::DeviceType::CUDA>(const BwdResult& out, const Tensor& x, const OptTensor& v0,
+                                    const OptTensor& m0, const Tensor& ckpt, const OptTensor& gs,
+                                    const OptTensor& gvT, const OptTensor& gmT,
+                                    const OpOptions& o) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  const auto p = make_params<float>(o);
+  const auto data = bwd_io<float>(out, x, v0, m0, ckpt, gs, gvT, gmT, o.is_clif);
+  CLIF_DISPATCH_CUDA_TYPES(x.scalar_type(), "clif_bwd_cuda", [&] {
+    C10_CUDA_CHECK(launch_bwd<scalar_t>(p, data, can_vectorize(data, sizeof(scalar_t)),
+                                        at::cuda::getCurrentCUDAStream()));
+  });
+}
+
 TORCH_LIBRARY_IMPL(clif_fused, CUDA, m) {
-  m.impl("fwd", &fwd_cuda);
-  m.impl("bwd", &bwd_cuda);
+  m.impl("fwd", &fwd_op<c10::DeviceType::CUDA>);
+  m.impl("bwd", &bwd_op<c10::DeviceType::CUDA>);
 }
 
 }  // namespace clif

@@ -28,46 +28,45 @@ __global__ void __launch_bounds__(kThreads, 2)
 }
 
 template <bool BWD, typename scalar_t, int L, bool IS_CLIF>
-cudaError_t launch(const GroupData<scalar_t, float>& data, const Params<float>& p, int64_t T,
-                   cudaStream_t stream) {
+cudaError_t launch(const Params<float>& p, const GroupData<float>& data, cudaStream_t stream) {
   const GroupIO<scalar_t, float, L, true> io(data);
   const int64_t groups = data.N / L;
   const unsigned blocks = static_cast<unsigned>((groups + kThreads - 1) / kThreads);
-  clif_kernel<BWD, scalar_t, L, IS_CLIF><<<blocks, kThreads, 0, stream>>>(io, p, T, groups);
+  clif_kernel<BWD, scalar_t, L, IS_CLIF><<<blocks, kThreads, 0, stream>>>(io, p, data.T, groups);
   return cudaGetLastError();
 }
 
 template <bool BWD, typename scalar_t>
-cudaError_t dispatch(const GroupData<scalar_t, float>& data, const Params<float>& p, int64_t T,
-                     bool is_clif, bool vec, cudaStream_t stream) {
+cudaError_t dispatch(const Params<float>& p, const GroupData<float>& data, bool vec,
+                     cudaStream_t stream) {
   if (data.N == 0) return cudaSuccess;
   if (vec) {
-    return is_clif ? launch<BWD, scalar_t, kVec, true>(data, p, T, stream)
-                   : launch<BWD, scalar_t, kVec, false>(data, p, T, stream);
+    return p.is_clif ? launch<BWD, scalar_t, kVec, true>(p, data, stream)
+                     : launch<BWD, scalar_t, kVec, false>(p, data, stream);
   }
-  return is_clif ? launch<BWD, scalar_t, 1, true>(data, p, T, stream)
-                 : launch<BWD, scalar_t, 1, false>(data, p, T, stream);
+  return p.is_clif ? launch<BWD, scalar_t, 1, true>(p, data, stream)
+                   : launch<BWD, scalar_t, 1, false>(p, data, stream);
 }
 
 }  // namespace
 
 template <typename scalar_t>
-cudaError_t launch_fwd(const GroupData<scalar_t, float>& data, const Params<float>& p, int64_t T,
-                       bool is_clif, bool vec, cudaStream_t stream) {
-  return dispatch<false>(data, p, T, is_clif, vec, stream);
+cudaError_t launch_fwd(const Params<float>& p, const GroupData<float>& data, bool vec,
+                       cudaStream_t stream) {
+  return dispatch<false, scalar_t>(p, data, vec, stream);
 }
 
 template <typename scalar_t>
-cudaError_t launch_bwd(const GroupData<scalar_t, float>& data, const Params<float>& p, int64_t T,
-                       bool is_clif, bool vec, cudaStream_t stream) {
-  return dispatch<true>(data, p, T, is_clif, vec, stream);
+cudaError_t launch_bwd(const Params<float>& p, const GroupData<float>& data, bool vec,
+                       cudaStream_t stream) {
+  return dispatch<true, scalar_t>(p, data, vec, stream);
 }
 
 #define CLIF_INSTANTIATE(T)                                                                  \
-  template cudaError_t launch_fwd<T>(const GroupData<T, float>&, const Params<float>&,        \
-                                     int64_t, bool, bool, cudaStream_t);                      \
-  template cudaError_t launch_bwd<T>(const GroupData<T, float>&, const Params<float>&,        \
-                                     int64_t, bool, bool, cudaStream_t);
+  template cudaError_t launch_fwd<T>(const Params<float>&, const GroupData<float>&, bool,     \
+                                     cudaStream_t);                                          \
+  template cudaError_t launch_bwd<T>(const Params<float>&, const GroupData<float>&, bool,     \
+                                     cudaStream_t);
 CLIF_INSTANTIATE(float)
 CLIF_INSTANTIATE(c10::Half)
 CLIF_INSTANTIATE(c10::BFloat16)

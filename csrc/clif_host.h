@@ -77,46 +77,61 @@ inline void check_x(const Tensor& x, c10::DeviceType device) {
   TORCH_CHECK(x.is_contiguous(), "x must be contiguous");
 }
 
-inline void check_scalars(double tau, double v_threshold, int64_t surrogate, double alpha) {
-  TORCH_CHECK(std::isfinite(tau) && tau > 0, "tau must be finite and > 0, got ", tau);
-  TORCH_CHECK(std::isfinite(v_threshold), "v_threshold must be finite, got ", v_threshold);
-  TORCH_CHECK(surrogate >= 0 && surrogate <= 3, "surrogate must be 0..3, got ", surrogate);
-  TORCH_CHECK(std::isfinite(alpha) && alpha > 0, "alpha must be finite and > 0, got ", alpha);
+// The ops' scalar arguments, in schema order (clif_ops.cpp; ops.FusedOptions in Python).
+struct OpOptions {
+  double tau;
+  double v_threshold;
+  c10::optional<double> v_reset;
+  bool decay_input;
+  int64_t surrogate;
+  double alpha;
+  bool detach_reset;
+  bool is_clif;
+};
+
+inline void check_options(const OpOptions& o) {
+  TORCH_CHECK(std::isfinite(o.tau) && o.tau > 0, "tau must be finite and > 0, got ", o.tau);
+  TORCH_CHECK(std::isfinite(o.v_threshold), "v_threshold must be finite, got ", o.v_threshold);
+  TORCH_CHECK(!o.v_reset.has_value() || std::isfinite(*o.v_reset),
+              "v_reset must be finite or None, got ", *o.v_reset);
+  TORCH_CHECK(o.surrogate >= 0 && o.surrogate <= 3, "surrogate must be 0..3, got ", o.surrogate);
+  TORCH_CHECK(std::isfinite(o.alpha) && o.alpha > 0, "alpha must be finite and > 0, got ",
+              o.alpha);
 }
 
+// The one place the kernels' constants are derived from the options.
 template <typename acc_t>
-Params<acc_t> make_params(double tau, double v_threshold, c10::optional<double> v_reset,
-                          bool decay_input, int64_t surrogate, double alpha, bool detach_reset) {
-  const bool hard = v_reset.has_value();
-  const double vr = hard ? *v_reset : 0.0;
-  Params<acc_t> p;
-  p.gamma = static_cast<acc_t>(1.0 - 1.0 / tau);
-  p.c = static_cast<acc_t>(decay_input ? 1.0 / tau : 1.0);
-  p.b = static_cast<acc_t>(hard ? vr / tau : 0.0);
-  p.inv_tau = static_cast<acc_t>(1.0 / tau);
-  p.th = static_cast<acc_t>(v_threshold);
+Params<acc_t> make_params(const OpOptions& o) {
+  const bool hard = o.v_reset.has_value();
+  const double vr = hard ? *o.v_reset : 0.0;
+  Params<acc_t> p{};
+  p.gamma = static_cast<acc_t>(1.0 - 1.0 / o.tau);
+  p.c = static_cast<acc_t>(o.decay_input ? 1.0 / o.tau : 1.0);
+  p.b = static_cast<acc_t>(hard ? vr / o.tau : 0.0);
+  p.inv_tau = static_cast<acc_t>(1.0 / o.tau);
+  p.th = static_cast<acc_t>(o.v_threshold);
   p.v_reset = static_cast<acc_t>(vr);
   p.v_init = static_cast<acc_t>(vr);
-  p.alpha = static_cast<acc_t>(alpha);
-  p.hard = hard ? acc_t(1) : acc_t(0);
-  p.keep_reset = detach_reset ? acc_t(0) : acc_t(1);
-  p.surrogate = static_cast<int>(surrogate);
+  p.alpha = static_cast<acc_t>(o.alpha);
+  p.surrogate = static_cast<int>(o.surrogate);
+  p.hard = hard;
+  p.keep_reset = !o.detach_reset;
+  p.is_clif = o.is_clif;
   return p;
 }
 
 // Checks the forward's inputs and allocates its outputs: spikes [T, N], vT [N], mT [N] (CLIF) or
 // [0] (LIF), and the fp32 checkpoints [n_checkpoints(T), 2, N] (or [0, 2, N] without `save`).
 inline FwdResult prepare_fwd(const Tensor& x, const OptTensor& v0, const OptTensor& m0,
-                             double tau, double v_threshold, int64_t surrogate, double alpha,
-                             bool is_clif, bool save, c10::DeviceType device,
-                             c10::Allocator* host_cache = nullptr) {
+                             const OpOptions& o, bool save, c10::DeviceType device,
+                             c10::Allocator* host_cache) {
   check_x(x, device);
   check_state("v0", v0, x);
   check_state("m0", m0, x);
-  check_scalars(tau, v_threshold, surrogate, alpha);
+  check_options(o);
   const int64_t T = x.size(0), N = x.size(1);
   return {alloc(x.sizes(), x.options(), host_cache), alloc({N}, x.options(), host_cache),
-          alloc({is_clif ? N : 0}, x.options(), host_cache),
+          alloc({o.is_clif ? N : 0}, x.options(), host_cache),
           alloc({save ? n_checkpoints(T) : 0, 2, N}, x.options().dtype(ckpt_dtype(x)),
                 host_cache)};
 }
@@ -134,13 +149,12 @@ inline void check_grad(const char* name, const OptTensor& g, at::IntArrayRef sha
 // Checks the backward's inputs and allocates grad_x [T, N], grad_v0 [N] or [0], grad_m0 [N] or [0].
 inline BwdResult prepare_bwd(const Tensor& x, const OptTensor& v0, const OptTensor& m0,
                              const Tensor& ckpt, const OptTensor& gs, const OptTensor& gvT,
-                             const OptTensor& gmT, double tau, double v_threshold,
-                             int64_t surrogate, double alpha, bool is_clif,
-                             c10::DeviceType device, c10::Allocator* host_cache = nullptr) {
+                             const OptTensor& gmT, const OpOptions& o, c10::DeviceType device,
+                             c10::Allocator* host_cache) {
   check_x(x, device);
   check_state("v0", v0, x);
   check_state("m0", m0, x);
-  check_scalars(tau, v_threshold, surrogate, alpha);
+  check_options(o);
   const int64_t T = x.size(0), N = x.size(1);
   check_grad("grad_spikes", gs, x.sizes(), x);
   check_grad("grad_vT", gvT, {N}, x);
@@ -151,55 +165,93 @@ inline BwdResult prepare_bwd(const Tensor& x, const OptTensor& v0, const OptTens
                   ckpt.sizes() == at::IntArrayRef({n_ck, 2, N}),
               "ckpt must be the forward's contiguous ", ckpt_dtype(x), " [", n_ck, ", 2, ", N,
               "] checkpoints, got ", ckpt.sizes());
-  const bool has_m0 = m0.has_value() && is_clif;
+  const bool has_m0 = m0.has_value() && o.is_clif;
   return {alloc(x.sizes(), x.options(), host_cache),
           alloc({v0.has_value() ? N : 0}, x.options(), host_cache),
           alloc({has_m0 ? N : 0}, x.options(), host_cache)};
 }
 
-template <typename scalar_t>
-const scalar_t* opt_ptr(const OptTensor& t) {
-  return t.has_value() ? t->data_ptr<scalar_t>() : nullptr;
+inline const void* opt_ptr(const OptTensor& t) {
+  return t.has_value() ? t->data_ptr() : nullptr;
 }
 
 // Where one launch reads and writes: the inputs both passes share, then each pass's own.
-template <typename scalar_t, typename acc_t>
-GroupData<scalar_t, acc_t> common_io(const Tensor& x, const OptTensor& v0, const OptTensor& m0,
-                                     const Tensor& ckpt, bool is_clif, acc_t v_init) {
-  GroupData<scalar_t, acc_t> io;
-  io.x = x.data_ptr<scalar_t>();
-  io.v0 = opt_ptr<scalar_t>(v0);
-  io.m0 = is_clif ? opt_ptr<scalar_t>(m0) : nullptr;
+template <typename acc_t>
+GroupData<acc_t> common_io(const Tensor& x, const OptTensor& v0, const OptTensor& m0,
+                           const Tensor& ckpt, bool is_clif) {
+  GroupData<acc_t> io{};
+  io.x = x.data_ptr();
+  io.v0 = opt_ptr(v0);
+  io.m0 = is_clif ? opt_ptr(m0) : nullptr;
   io.ckpt = ckpt.numel() ? ckpt.data_ptr<acc_t>() : nullptr;
+  io.T = x.size(0);
   io.N = x.size(1);
-  io.v_init = v_init;
   return io;
 }
 
-template <typename scalar_t, typename acc_t>
-GroupData<scalar_t, acc_t> fwd_io(const FwdResult& out, const Tensor& x, const OptTensor& v0,
-                                  const OptTensor& m0, bool is_clif, acc_t v_init) {
-  auto io = common_io<scalar_t>(x, v0, m0, std::get<3>(out), is_clif, v_init);
-  io.spikes = std::get<0>(out).data_ptr<scalar_t>();
-  io.vT = std::get<1>(out).data_ptr<scalar_t>();
-  io.mT = is_clif ? std::get<2>(out).data_ptr<scalar_t>() : nullptr;
+template <typename acc_t>
+GroupData<acc_t> fwd_io(const FwdResult& out, const Tensor& x, const OptTensor& v0,
+                        const OptTensor& m0, bool is_clif) {
+  auto io = common_io<acc_t>(x, v0, m0, std::get<3>(out), is_clif);
+  io.spikes = std::get<0>(out).data_ptr();
+  io.vT = std::get<1>(out).data_ptr();
+  io.mT = is_clif ? std::get<2>(out).data_ptr() : nullptr;
   io.save = std::get<3>(out).numel() > 0;
   return io;
 }
 
-template <typename scalar_t, typename acc_t>
-GroupData<scalar_t, acc_t> bwd_io(const BwdResult& out, const Tensor& x, const OptTensor& v0,
-                                  const OptTensor& m0, const Tensor& ckpt, const OptTensor& gs,
-                                  const OptTensor& gvT, const OptTensor& gmT, bool is_clif,
-                                  acc_t v_init) {
-  auto io = common_io<scalar_t>(x, v0, m0, ckpt, is_clif, v_init);
-  io.gs = opt_ptr<scalar_t>(gs);
-  io.gvT = opt_ptr<scalar_t>(gvT);
-  io.gmT = is_clif ? opt_ptr<scalar_t>(gmT) : nullptr;
-  io.gx = std::get<0>(out).data_ptr<scalar_t>();
-  io.gv0 = v0.has_value() ? std::get<1>(out).data_ptr<scalar_t>() : nullptr;
-  io.gm0 = std::get<2>(out).numel() ? std::get<2>(out).data_ptr<scalar_t>() : nullptr;
+template <typename acc_t>
+GroupData<acc_t> bwd_io(const BwdResult& out, const Tensor& x, const OptTensor& v0,
+                        const OptTensor& m0, const Tensor& ckpt, const OptTensor& gs,
+                        const OptTensor& gvT, const OptTensor& gmT, bool is_clif) {
+  auto io = common_io<acc_t>(x, v0, m0, ckpt, is_clif);
+  io.gs = opt_ptr(gs);
+  io.gvT = opt_ptr(gvT);
+  io.gmT = is_clif ? opt_ptr(gmT) : nullptr;
+  io.gx = std::get<0>(out).data_ptr();
+  io.gv0 = v0.has_value() ? std::get<1>(out).data_ptr() : nullptr;
+  io.gm0 = std::get<2>(out).numel() ? std::get<2>(out).data_ptr() : nullptr;
   return io;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The ops' entry points, one per op for every device. Their parameter lists are the schemas'
+// (clif_ops.cpp), which the dispatcher checks when a device registers them. Each device defines
+// the three functions below and registers fwd_op<D> and bwd_op<D>.
+
+// Where the device's outputs come from: the CPU's output cache, or torch's allocator (null).
+template <c10::DeviceType D>
+c10::Allocator* output_allocator();
+// Runs the kernels on checked inputs and allocated outputs.
+template <c10::DeviceType D>
+void run_fwd(const FwdResult& out, const Tensor& x, const OptTensor& v0, const OptTensor& m0,
+             const OpOptions& o);
+template <c10::DeviceType D>
+void run_bwd(const BwdResult& out, const Tensor& x, const OptTensor& v0, const OptTensor& m0,
+             const Tensor& ckpt, const OptTensor& gs, const OptTensor& gvT, const OptTensor& gmT,
+             const OpOptions& o);
+
+template <c10::DeviceType D>
+FwdResult fwd_op(const Tensor& x, const OptTensor& v0, const OptTensor& m0, double tau,
+                 double v_threshold, c10::optional<double> v_reset, bool decay_input,
+                 int64_t surrogate, double alpha, bool detach_reset, bool is_clif, bool save) {
+  const OpOptions o{tau, v_threshold, v_reset, decay_input, surrogate, alpha, detach_reset,
+                    is_clif};
+  FwdResult out = prepare_fwd(x, v0, m0, o, save, D, output_allocator<D>());
+  run_fwd<D>(out, x, v0, m0, o);
+  return out;
+}
+
+template <c10::DeviceType D>
+BwdResult bwd_op(const Tensor& x, const OptTensor& v0, const OptTensor& m0, const Tensor& ckpt,
+                 const OptTensor& gs, const OptTensor& gvT, const OptTensor& gmT, double tau,
+                 double v_threshold, c10::optional<double> v_reset, bool decay_input,
+                 int64_t surrogate, double alpha, bool detach_reset, bool is_clif) {
+  const OpOptions o{tau, v_threshold, v_reset, decay_input, surrogate, alpha, detach_reset,
+                    is_clif};
+  BwdResult out = prepare_bwd(x, v0, m0, ckpt, gs, gvT, gmT, o, D, output_allocator<D>());
+  run_bwd<D>(out, x, v0, m0, ckpt, gs, gvT, gmT, o);
+  return out;
 }
 
 }  // namespace clif

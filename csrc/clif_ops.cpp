@@ -12,16 +12,15 @@ PyObject* PyInit__C(void) {
 }
 
 TORCH_LIBRARY(clif_fused, m) {
-  // x: [T, N] contiguous. Returns (spikes [T, N], vT [N], mT [N] or [0] for LIF, ckpt fp32
-  // [n_checkpoints(T), 2, N] or [0, 2, N] without `save`). surrogate: 0 rectangle, 1 sigmoid,
-  // 2 atan, 3 triangle; the forward does not use it, detach_reset or alpha, but carries them so
-  // one autograd formula serves every backend.
+  // The fused op pair (clif_kernels/ops.py describes it; its FWD_SCHEMA and BWD_SCHEMA must
+  // equal these, which a test checks). The options after the tensors are ops.FusedOptions and
+  // OpOptions (clif_host.h), in this order; surrogate: 0 rectangle, 1 sigmoid, 2 atan,
+  // 3 triangle. The forward does not use the surrogate, alpha or detach_reset, but carries them
+  // so that one autograd formula serves every backend.
   m.def(
       "fwd(Tensor x, Tensor? v0, Tensor? m0, float tau, float v_threshold, float? v_reset, "
-      "bool decay_input, bool is_clif, bool save, int surrogate, float alpha, "
-      "bool detach_reset) -> (Tensor, Tensor, Tensor, Tensor)");
-  // Returns (grad_x [T, N], grad_v0 [N] or [0], grad_m0 [N] or [0]); missing output gradients
-  // count as zero.
+      "bool decay_input, int surrogate, float alpha, bool detach_reset, bool is_clif, "
+      "bool save) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "bwd(Tensor x, Tensor? v0, Tensor? m0, Tensor ckpt, Tensor? grad_spikes, "
       "Tensor? grad_vT, Tensor? grad_mT, float tau, float v_threshold, float? v_reset, "

@@ -222,7 +222,7 @@ CLIF_VEC void store16(typename StorageTraits<S>::type* p, __m512 v) {
 // n0 (the same methods as GroupIO, clif_core.h). Register i of lane l holds neurons
 // n0 + 16 (K l + i) .. + 15. Checkpoints are fp32.
 template <Storage S, int K, int L, bool STREAM>
-struct VecIO {
+struct VecIO : TypedData<typename StorageTraits<S>::type, float> {
   using scalar_t = typename StorageTraits<S>::type;
   using vec_t = Vec<K>;
   static constexpr int lanes = L;
@@ -232,12 +232,12 @@ struct VecIO {
   // one group fetch the lines kPrefetchGroups groups ahead.
   static constexpr int kPrefetchGroups = 2;
 
-  const scalar_t *x, *v0, *m0, *gs, *gvT, *gmT;
-  scalar_t *spikes, *vT, *mT, *gx, *gv0, *gm0;
-  float* ckpt;
-  int64_t N, n0;
-  float v_init;
-  bool save;
+  using Data = TypedData<scalar_t, float>;
+  using Data::x; using Data::v0; using Data::m0; using Data::ckpt; using Data::spikes;
+  using Data::vT; using Data::mT; using Data::gs; using Data::gvT; using Data::gmT;
+  using Data::gx; using Data::gv0; using Data::gm0; using Data::N; using Data::n0;
+
+  explicit VecIO(const GroupData<float>& d) : Data(d) {}
 
   void load(const scalar_t* row, vec_t* out) const {
     for (int l = 0; l < L; ++l) {
@@ -258,7 +258,7 @@ struct VecIO {
     for (int b = 0; b < width * int(sizeof(scalar_t)); b += 64) _mm_prefetch(p + b, _MM_HINT_T0);
   }
 
-  void load_initial(vec_t* v, vec_t* m) const {
+  void load_initial(vec_t* v, vec_t* m, float v_init) const {
     if (v0) load(v0, v); else fill(v, v_init);
     if (m0) load(m0, m); else fill(m, 0.0f);
   }

@@ -1,4 +1,4 @@
-"""Assertions of the tests, on top of `clif_kernels.verify`."""
+"""Assertions of the tests, on top of `clif_kernels.tools.verify`."""
 from __future__ import annotations
 
 import json
@@ -7,12 +7,10 @@ import os
 import numpy as np
 import torch
 
-from clif_kernels.verify import QUANTITIES, RTOL, measure
+from clif_kernels.tools.verify import QUANTITIES, RTOL, measure
 
-# The golden cases live beside the checkout (../shared/data); a copy of the tree elsewhere (a
-# device machine) names their folder in CLIF_GOLDEN_DIR.
-SHARED = os.environ.get("CLIF_GOLDEN_DIR") or os.path.join(os.path.dirname(__file__), "..", "..",
-                                                           "shared", "data")
+# The independent float64 golden cases (tests/data/README.md).
+DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 
 
 def compare(res, ref, bad, dtype):
@@ -38,8 +36,8 @@ def compare(res, ref, bad, dtype):
 
 
 def golden_cases():
-    with open(os.path.join(SHARED, "golden_cases.json")) as f:
+    with open(os.path.join(DATA, "golden_cases.json")) as f:
         cases = json.load(f)
-    arrays = np.load(os.path.join(SHARED, "golden_cases.npz"))
+    arrays = np.load(os.path.join(DATA, "golden_cases.npz"))
     return [(case, {k: torch.from_numpy(arrays[f"{case['name']}.{k}"]) for k in case["arrays"]})
             for case in cases]

@@ -1,7 +1,7 @@
 """The CLIF-vs-LIF demo runs end to end on a tiny budget and measures what it reports."""
 import math
 
-from clif_kernels import demo
+from clif_kernels.tools import demo
 
 
 def test_demo_runs_and_measures_gradients(tmp_path):

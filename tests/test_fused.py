@@ -10,8 +10,10 @@ import pytest
 import torch
 
 from checks import compare, golden_cases
-from clif_kernels import backends, triton_kernels
-from clif_kernels.verify import neuron_fn, random_problem, reference64, rel_err, run_with_grads
+from clif_kernels import backends, ops
+from clif_kernels.ops import FusedOptions
+from clif_kernels.options import CKPT_EVERY, n_checkpoints
+from clif_kernels.tools.verify import neuron_fn, random_problem, reference64, rel_err, run_with_grads
 
 SURROGATES = ("rectangle", "sigmoid", "atan", "triangle")
 HAS_GPU = torch.cuda.is_available()
@@ -193,25 +195,27 @@ def test_saved_memory(backend, dtype, T):
     x = torch.randn(T, N, dtype=dtype, device=DEVICE[backend], requires_grad=True)
     per_step = saved_bytes(lambda: neuron_fn(True)(x, backend=backend)) / (T * N)
     # x itself, plus fp32 (v, m) checkpoints every CKPT_EVERY steps past the first segment.
-    expected = x.element_size() + 8 * triton_kernels.n_checkpoints(T) / T
+    expected = x.element_size() + 8 * n_checkpoints(T) / T
     assert per_step == pytest.approx(expected)
-    if T <= triton_kernels.CKPT_EVERY:
+    if T <= CKPT_EVERY:
         assert per_step <= x.element_size()
 
 
 def _fwd_op(backend):
-    from clif_kernels import ops
-    return ops.triton_fwd if backend == "triton" else torch.ops.clif_fused.fwd
+    return backends.REGISTRY[backend].op_pair().fwd
 
 
 def _bwd_op(backend):
-    from clif_kernels import ops
-    return ops.triton_bwd if backend == "triton" else torch.ops.clif_fused.bwd
+    return backends.REGISTRY[backend].op_pair().bwd
+
+
+# tau, v_threshold, v_reset, decay_input, surrogate, alpha, detach_reset, is_clif
+DEFAULTS = FusedOptions(2.0, 1.0, None, False, 0, 1.0, False, True)
 
 
 def test_no_grad_saves_no_checkpoints(backend):
     x = torch.randn(20, 64, device=DEVICE[backend])
-    out = _fwd_op(backend)(x, None, None, 2.0, 1.0, None, False, True, False, 0, 1.0, False)
+    out = _fwd_op(backend)(x, None, None, *DEFAULTS, False)
     assert out[3].numel() == 0
     with torch.no_grad():
         s = neuron_fn(True)(x.requires_grad_(), backend=backend)
@@ -223,9 +227,9 @@ def _op_samples(device):
     x = torch.randn(10, 37, generator=g).to(device)
     v0, m0 = torch.randn(37, generator=g).to(device), torch.rand(37, generator=g).to(device)
     return [
-        (x, None, None, 2.0, 1.0, None, False, True, True, 0, 1.0, False),
-        (x, v0, m0, 1.5, 0.7, -0.1, True, True, True, 1, 4.0, True),
-        (x, v0, None, 3.0, 1.0, 0.0, False, False, True, 2, 2.0, False),
+        (x, None, None, *DEFAULTS, True),
+        (x, v0, m0, *FusedOptions(1.5, 0.7, -0.1, True, 1, 4.0, True, True), True),
+        (x, v0, None, *FusedOptions(3.0, 1.0, 0.0, False, 2, 2.0, False, False), True),
     ]
 
 
@@ -242,10 +246,9 @@ def test_opcheck_backward_op(backend):
     dev = DEVICE[backend]
     x = torch.randn(10, 37, device=dev)
     v0 = torch.randn(37, device=dev)
-    _, _, _, ckpt = _fwd_op(backend)(x, v0, None, 2.0, 1.0, None, False, True, True, 0, 1.0,
-                                     False)
+    _, _, _, ckpt = _fwd_op(backend)(x, v0, None, *DEFAULTS, True)
     args = (x, v0, None, ckpt, torch.randn(10, 37, device=dev), torch.randn(37, device=dev),
-            None, 2.0, 1.0, None, False, 0, 1.0, False, True)
+            None, *DEFAULTS)
     torch.library.opcheck(_bwd_op(backend), args)
 
 
@@ -276,11 +279,7 @@ def test_eager_function_matches_op_autograd(backend, is_clif):
     """Eager calls go through ops.FusedNeuron (the ops below autograd); torch.compile traces the
     ops with their registered autograd. Both must give the same outputs and gradients, bit for
     bit, and save the same tensors."""
-    from clif_kernels import ops
-    if backend == "triton":
-        fwd, bwd = ops.triton_fwd, ops.triton_bwd
-    else:
-        fwd, bwd = torch.ops.clif_fused.fwd.default, torch.ops.clif_fused.bwd.default
+    pair = backends.REGISTRY[backend].op_pair()
     dev = DEVICE[backend]
     x0, v00, m00 = (torch.randn(11, 150, device=dev), torch.randn(150, device=dev),
                     torch.randn(150, device=dev))
@@ -288,12 +287,12 @@ def test_eager_function_matches_op_autograd(backend, is_clif):
     results = []
     for via_function in (True, False):
         x, v0, m0 = (t.clone().requires_grad_() for t in (x0, v00, m00))
-        args = (x, v0, m0 if is_clif else None, 1.7, 0.9, -0.1, True, is_clif, True, 1, 3.0,
-                False)
+        args = (x, v0, m0 if is_clif else None,
+                *FusedOptions(1.7, 0.9, -0.1, True, 1, 3.0, False, is_clif), True)
         saved = []
         with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t,
                                                       lambda t: t):
-            out = ops.FusedNeuron.apply(fwd, bwd, *args) if via_function else fwd(*args)
+            out = ops.FusedNeuron.apply(pair, *args) if via_function else pair.fwd(*args)
         loss = (out[0] * gs).sum() + (out[1] * gv).sum()
         (loss + out[2].sum() if is_clif else loss).backward()
         grads = [x.grad, v0.grad] + ([m0.grad] if is_clif else [])

@@ -68,7 +68,7 @@ def test_triton_on_float64_is_refused():
 
 def test_named_backend_never_falls_back(monkeypatch):
     from clif_kernels import backends
-    monkeypatch.setattr(backends, "TRITON_INTERPRET", False)
+    monkeypatch.setattr(backends, "_TRITON_INTERPRET", False)
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
         clif_kernels.clif(torch.randn(3, 4), backend="triton")
 

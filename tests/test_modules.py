@@ -8,7 +8,7 @@ import clif_kernels
 from clif_kernels import CLIFNode, LIFNode, backends
 from clif_kernels.convert import clif_to_lif
 from clif_kernels.modules import surrogate_spec
-from clif_kernels.verify import rel_err
+from clif_kernels.tools.verify import rel_err
 
 try:
     from spikingjelly.activation_based import functional as sj_functional

@@ -8,7 +8,7 @@ import torch
 
 import clif_kernels
 from checks import golden_cases
-from clif_kernels.verify import neuron_fn, random_problem, rel_err, run_with_grads
+from clif_kernels.tools.verify import neuron_fn, random_problem, rel_err, run_with_grads
 from clif_kernels.options import make_options
 from clif_kernels import reference
 

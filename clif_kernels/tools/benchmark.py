@@ -25,9 +25,10 @@ import time
 
 import torch
 
-from . import functional
-from .backends import unavailable_reason
-from .reference import SpikeFn
+from .. import functional
+from ..backends import unavailable_reason
+from ..options import n_checkpoints
+from ..reference import SpikeFn
 
 COLUMNS = ["device", "provider", "mode", "dtype", "T", "N", "ms", "gbps", "peak_mb", "torch",
            "triton", "git", "date"]
@@ -85,8 +86,9 @@ def make_provider(name, device):
 
 def design_bytes(mode, T, N, elt):
     """Bytes the fused design must move: forward reads x and writes spikes; the backward reads x
-    and grad_spikes and writes grad_x; fp32 checkpoints of (v, m) every 8 steps past the first."""
-    n_ckpt = max(math.ceil(T / 8) - 1, 0)
+    and grad_spikes and writes grad_x; fp32 checkpoints of (v, m) every CKPT_EVERY steps past the
+    first."""
+    n_ckpt = n_checkpoints(T)
     fwd = 2 * elt * T * N
     if mode == "fwd":
         return fwd
@@ -173,7 +175,7 @@ def _git_rev():
     if os.environ.get("CLIF_KERNELS_GIT_REV"):
         return os.environ["CLIF_KERNELS_GIT_REV"]
     try:
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root,
                               capture_output=True, text=True).stdout.strip() or "unknown"
     except OSError:
@@ -332,7 +334,7 @@ def main(argv=None):
             f.write(table + "\n")
         print(f"wrote {csv_path} and summary_{tag}.md")
         try:
-            from .bench_plot import plot_csv
+            from .plot import plot_csv
             png = plot_csv(csv_path, os.path.join(args.out, f"bench_{tag}.png"))
             print(f"wrote {png}")
         except ImportError:

@@ -9,9 +9,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .functional import clif, lif
-from .options import make_options
-from .reference import neuron_reference
+from ..functional import clif, lif
+from ..options import make_options
+from ..reference import neuron_reference
 
 # Normwise relative error allowed against the float64 reference. fp32: rounding of an O(T)-step
 # recurrence, far under 1e-4. Half types: math in fp32 and each output rounded once, so a few

@@ -24,7 +24,7 @@ import time
 import torch
 from torch import nn
 
-from .modules import CLIFNode, LIFNode
+from ..modules import CLIFNode, LIFNode
 
 T_STEPS, CUE_STEPS, READ_STEPS = 64, 8, 8
 CHANNELS, HIDDEN, CLASSES = 32, 128, 4

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from .backends import unavailable_reason
+from ..backends import unavailable_reason
 from .verify import RTOL, measure, neuron_fn, random_problem, reference64, run_with_grads
 
 # Option sets that between them take every branch of the kernels.
