@@ -14,9 +14,7 @@
 #   echo /.whl/ >> .git/info/exclude
 #   python3 -m pip download --no-deps -d .whl spikingjelly==2.0.0 loguru
 # (both are pure-Python wheels; the rest of what spikingjelly lists is on the image or unused by
-# its neuron module). The golden cases (../shared/data) do not travel with the tree either: copy
-# them into the ignored folder .golden/ and carry it too (`mkdir -p .golden && cp
-# ../shared/data/golden_cases.* .golden/`, with /.golden/ in .git/info/exclude).
+# its neuron module).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 RES=benchmarks/results
@@ -57,9 +55,6 @@ if ls .whl/*.whl > /dev/null 2>&1; then
     --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
 fi
 export PYTHONUNBUFFERED=1
-if [ -f .golden/golden_cases.json ]; then
-  export CLIF_GOLDEN_DIR=$PWD/.golden
-fi
 
 if python3 -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
   GPU=1

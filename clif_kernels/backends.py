@@ -143,15 +143,20 @@ def unavailable_reason(backend: str, device: torch.device, dtype: torch.dtype):
     return REGISTRY[backend].unavailable_reason(device, dtype)
 
 
-def resolve_backend(backend, device: torch.device, dtype: torch.dtype) -> Backend:
-    """Map "auto" to the fastest backend that runs here; check that a named one can run."""
+# Run as it is at trace time under torch.compile, its result a constant of the graph: it may
+# import Triton or load the compiled extension, which dynamo cannot trace.
+@torch.compiler.assume_constant_result
+def resolve_backend(backend, device: torch.device, dtype: torch.dtype) -> str:
+    """Map "auto" to the fastest backend that runs here; check that a named one can run, and
+    make its op pair ready (`REGISTRY[name].op_pair()`). Returns the backend's name."""
     _check_name(backend)
     if backend == "auto":
-        for name in AUTO_ORDER.get(device.type, ("torch",)):
-            if REGISTRY[name].unavailable_reason(device, dtype) is None:
-                return REGISTRY[name]
-        return REGISTRY["torch"]
-    why = REGISTRY[backend].unavailable_reason(device, dtype)
-    if why is not None:
-        raise RuntimeError(f"backend={backend!r} cannot run here: {why}")
-    return REGISTRY[backend]
+        name = next((n for n in AUTO_ORDER.get(device.type, ("torch",))
+                     if REGISTRY[n].unavailable_reason(device, dtype) is None), "torch")
+    else:
+        why = REGISTRY[backend].unavailable_reason(device, dtype)
+        if why is not None:
+            raise RuntimeError(f"backend={backend!r} cannot run here: {why}")
+        name = backend
+    REGISTRY[name].op_pair()
+    return name

@@ -3,7 +3,7 @@ import math
 
 import torch
 
-from .backends import resolve_backend
+from .backends import REGISTRY, resolve_backend
 from .ops import FusedNeuron, fused_options
 from .options import make_options
 from .reference import neuron_reference
@@ -58,11 +58,13 @@ def _run(x_seq, is_clif, v0, m0, return_state, backend, **params):
                         f"got {x_seq.dtype}")
     if not isinstance(return_state, bool):
         raise TypeError(f"return_state must be a bool, got {type(return_state).__name__}")
+    if torch._C._are_functorch_transforms_active():
+        raise RuntimeError("clif_kernels does not support torch.func transforms (grad, vmap, "
+                           "jacrev, ...): call it outside them and use torch.autograd.grad")
     opts = make_options(**params)
     _check_state("v0", v0, x_seq)
     _check_state("m0", m0, x_seq)
-    chosen = resolve_backend(backend, x_seq.device, x_seq.dtype)
-    pair = chosen.op_pair()
+    pair = REGISTRY[resolve_backend(backend, x_seq.device, x_seq.dtype)].op_pair()
     if pair is None:  # the reference
         spikes, vT, mT = neuron_reference(x_seq, opts, clif=is_clif, v0=v0, m0=m0)
     else:

@@ -6,8 +6,12 @@ with its name, before any kernel runs.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Optional
+
+import numpy as np
+import torch
 
 # Index of each surrogate in the kernels' compile-time switch, and the paper's default alpha.
 SURROGATES = {"rectangle": 0, "sigmoid": 1, "atan": 2, "triangle": 3}
@@ -64,10 +68,20 @@ def charge_constants(tau, v_reset, decay_input):
 
 
 def _finite_float(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    """A real scalar as a float: Python and numpy numbers, and 0-d CPU tensors (what configs
+    hand over); no bool. Written with comparisons only, so torch.compile(dynamic=True) traces
+    it (math.isfinite on a symbolic float is not traceable)."""
+    if isinstance(value, torch.Tensor):
+        if (value.dim() != 0 or value.device.type != "cpu" or value.requires_grad
+                or value.dtype == torch.bool or value.is_complex()):
+            raise TypeError(f"{name} must be a real number; a tensor must be a 0-d real CPU "
+                            f"tensor without grad, got {tuple(value.shape)} {value.dtype} on "
+                            f"{value.device}")
+        value = value.item()
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
     value = float(value)
-    if not math.isfinite(value):
+    if not -math.inf < value < math.inf:
         raise ValueError(f"{name} must be finite, got {value}")
     return value
 

@@ -23,7 +23,7 @@
 #else
 // Forced: GCC left the AVX-512 build's step, step_backward and sigmoid (on 8 registers at once)
 // as calls, which spilled every operand to the stack and took away the interleaving of
-// independent neurons; 25-40% of the CPU kernel's time (2026-11-28).
+// independent neurons (a quarter or more of the CPU kernel's time, benchmarks/NOTES.md).
 #if defined(__GNUC__)
 #define CLIF_HD inline __attribute__((always_inline))
 #else

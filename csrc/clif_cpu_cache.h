@@ -2,9 +2,8 @@
 //
 // Why: glibc serves an allocation of 32 MiB or more with a fresh mmap and unmaps it when freed,
 // so every call of the op wrote its spikes and grad_x into newly mapped pages, and the page
-// faults (zeroing each 4 KiB page in the kernel) cost more than the kernel itself: 43 ms of
-// system time per forward + backward at T=8, N=2^20 fp32 (2 cores, 2026-11-28), against 20-30 ms
-// of compute. The per-step eager loop's tensors are smaller and come from glibc's heap, which
+// faults (zeroing each 4 KiB page in the kernel) cost more than the kernel itself
+// (benchmarks/NOTES.md). The per-step eager loop's tensors are smaller and come from glibc's heap, which
 // reuses them. A training loop asks for the same sizes every step, so a freed output is kept and
 // handed to the next request of (nearly) the same size.
 //

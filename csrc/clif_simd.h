@@ -9,9 +9,7 @@
 // every operation is issued for all K registers back to back: the recurrence is a chain of
 // dependent operations (two sigmoids per step, about 150 cycles of latency), so independent
 // neurons must be interleaved in the instruction stream for the out-of-order core to overlap
-// them. Forward, T=8, 2^20 neurons, data in cache (2026-11-28): GCC's vectorisation of the
-// scalar core 18.5 ms on one core; these instructions on one register per lane 12-13 ms on one
-// core, 7.6-7.8 on two; on 8 registers issued together 4.1-4.4 on two (benchmarks/NOTES.md).
+// them. benchmarks/NOTES.md has what each of these steps bought.
 //
 // Include it inside the same namespace as clif_core.h, after it, in a translation unit compiled
 // for AVX-512 (clif_cpu_avx512.cpp); <immintrin.h> must be included before, at file scope.

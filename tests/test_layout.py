@@ -1,0 +1,103 @@
+"""The package's structure: what `import clif_kernels` loads, the op's one definition in Python
+agreeing with the C++ schemas and constants, and the runtime working without Triton."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from clif_kernels import backends, ops
+from clif_kernels.options import CKPT_EVERY, n_checkpoints
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RUNTIME = {"clif_kernels", "clif_kernels.backends", "clif_kernels.extension",
+           "clif_kernels.functional", "clif_kernels.modules", "clif_kernels.ops",
+           "clif_kernels.options", "clif_kernels.reference", "clif_kernels.convert"}
+
+
+def _python(code, **env):
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         timeout=300, env=dict(os.environ, **env))
+    assert out.returncode == 0, out.stdout + out.stderr
+    return out.stdout
+
+
+def test_import_loads_runtime_modules_only():
+    out = _python("import clif_kernels, sys; print(sorted(m for m in sys.modules if "
+                  "m.startswith(('clif_kernels', 'triton', 'matplotlib'))))")
+    loaded = set(eval(out))
+    assert loaded <= RUNTIME, f"imported beyond the runtime: {sorted(loaded - RUNTIME)}"
+
+
+def _compiled_pair():
+    if backends.unavailable_reason("cpp", torch.device("cpu"), torch.float32) is not None:
+        pytest.skip("the C++ extension is not built")
+    return backends.REGISTRY["cpp"].op_pair()
+
+
+def test_python_and_cpp_schemas_agree():
+    pair = _compiled_pair()
+    for op, schema in ((pair.fwd, ops.FWD_SCHEMA), (pair.bwd, ops.BWD_SCHEMA)):
+        declared = str(op._schema)
+        assert declared[declared.index("("):] == schema
+
+
+def test_python_and_cpp_checkpoint_constants_agree():
+    """csrc/clif_core.h's kCkptEvery and n_checkpoints against options.CKPT_EVERY and
+    n_checkpoints: the checkpoint tensor the C++ forward allocates for each T."""
+    pair = _compiled_pair()
+    opts = ops.FusedOptions(2.0, 1.0, None, False, 0, 1.0, False, True)
+    for T in range(0, 5 * CKPT_EVERY + 2):
+        ckpt = pair.fwd(torch.zeros(T, 3), None, None, *opts, True)[3]
+        assert ckpt.shape == (n_checkpoints(T), 2, 3), T
+    # The segment length itself: the first checkpoint appears at T = CKPT_EVERY + 1.
+    assert n_checkpoints(CKPT_EVERY) == 0 and n_checkpoints(CKPT_EVERY + 1) == 1
+
+
+def test_gradient_padding_follows_the_argument_list():
+    """autograd returns one gradient per forward argument, counted from the definition."""
+    pair = _compiled_pair()
+    x = torch.randn(3, 4, requires_grad=True)
+    args = (x, None, None, *ops.FusedOptions(2.0, 1.0, None, False, 0, 1.0, False, True), True)
+    out = ops.FusedNeuron.apply(pair, *args)
+    grads = ops.FusedNeuron.backward(out[0].grad_fn, torch.ones(3, 4), None, None, None)
+    assert len(grads) == 1 + len(args)
+
+
+# Makes `import triton` fail, as on a machine without it.
+_NO_TRITON = "import sys; sys.modules['triton'] = None\n"
+
+
+def test_cpp_and_torch_backends_work_without_triton():
+    _compiled_pair()
+    out = _python(_NO_TRITON + """
+import sys, torch, clif_kernels
+from clif_kernels import backends
+x = torch.randn(9, 70, requires_grad=True)
+for name in ("cpp", "torch", "auto"):
+    s, vT, mT = clif_kernels.clif(x, backend=name, return_state=True)
+    (s.sum() + vT.sum() + mT.sum()).backward()
+    print(name, float(s.sum()), float(x.grad.norm()))
+    x.grad = None
+print("triton:", backends.unavailable_reason("triton", torch.device("cpu"), torch.float32))
+print("loaded", any(m.startswith("triton") for m in sys.modules if sys.modules[m] is not None))
+""", TRITON_INTERPRET="1")
+    lines = out.splitlines()
+    spikes = {line.split()[0]: float(line.split()[1]) for line in lines[:3]}
+    norms = {line.split()[0]: float(line.split()[2]) for line in lines[:3]}
+    assert spikes["cpp"] == spikes["torch"] == spikes["auto"], out
+    assert norms["cpp"] == norms["auto"] == pytest.approx(norms["torch"], rel=1e-5), out
+    assert "not installed" in lines[3], out
+    assert lines[4] == "loaded False", out
+
+
+def test_tests_without_triton_pass():
+    """The test modules that need no Triton pass with Triton unimportable."""
+    _compiled_pair()
+    code = _NO_TRITON + (
+        "import pytest; sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', "
+        "'tests/test_inputs.py', 'tests/test_reference.py', 'tests/test_fused.py', "
+        "'-k', 'not triton and not compile']))")
+    out = _python(code, TRITON_INTERPRET="1")
+    assert " passed" in out and "failed" not in out, out
