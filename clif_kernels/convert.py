@@ -23,6 +23,9 @@ def clif_to_lif(model: nn.Module, v_reset: float = 0.0) -> nn.Module:
         >>> net = nn.Sequential(nn.Linear(4, 4), CLIFNode(step_mode="m"))
         >>> net = clif_to_lif(net, v_reset=-0.2)
     """
+    if v_reset is None:
+        raise TypeError("v_reset must be a number: the LIF nodes get a hard reset to it "
+                        "(a soft-reset LIF would not imitate the complementary term)")
     if _is_clif(model):
         return _to_lif(model, v_reset)
     for name, child in model.named_children():
@@ -43,7 +46,7 @@ def _to_lif(node, v_reset):
         return LIFNode(tau=o.tau, v_threshold=o.v_threshold, v_reset=v_reset,
                        decay_input=o.decay_input, surrogate=o.surrogate, alpha=o.alpha,
                        detach_reset=o.detach_reset, step_mode=node.step_mode,
-                       backend=node.backend)
+                       backend=node.backend, store_state_seqs=node.store_state_seqs)
     # SpikingJelly's ComplementaryLIFNode: soft reset, no input decay, its surrogate object.
     return LIFNode(tau=float(node.tau), v_threshold=float(node.v_threshold), v_reset=v_reset,
                    decay_input=False, surrogate_function=node.surrogate_function,

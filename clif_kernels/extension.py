@@ -8,6 +8,7 @@ works with its reference and Triton backends; `jit_build()` compiles them on the
 from __future__ import annotations
 
 import importlib
+import numbers
 import os
 
 import torch
@@ -15,6 +16,7 @@ import torch
 
 
 CSRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "csrc")
+_MAX_MIB = 2 ** 43  # the limit travels in bytes, as an int64
 _loaded = {"cpp": False, "cuda": False}
 _tried = False
 load_errors = {}
@@ -98,6 +100,8 @@ def set_cpu_cache_limit(mib: int) -> int:
         >>> from clif_kernels import extension
         >>> old = extension.set_cpu_cache_limit(256)
     """
-    if mib < 0:
-        raise ValueError(f"mib must be >= 0, got {mib}")
+    if isinstance(mib, bool) or not isinstance(mib, numbers.Integral):
+        raise TypeError(f"mib must be a whole number of MiB, got {mib!r}")
+    if not 0 <= mib < _MAX_MIB:
+        raise ValueError(f"mib must be >= 0 and < 2**43 (bytes must fit in int64), got {mib}")
     return _cache_op("cpu_cache_set_limit")(int(mib) << 20) >> 20

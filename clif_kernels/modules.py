@@ -27,6 +27,9 @@ def surrogate_spec(surrogate, alpha=None):
     """
     if isinstance(surrogate, str):
         return surrogate, alpha
+    if alpha is not None:
+        raise ValueError(f"alpha={alpha!r} conflicts with the surrogate object "
+                         f"{type(surrogate).__name__}, which carries its own alpha; give one")
     kind = type(surrogate).__name__.lower()
     a = getattr(surrogate, "alpha", None)
     if a is None:
@@ -43,23 +46,39 @@ def surrogate_spec(surrogate, alpha=None):
 
 class _Node(nn.Module):
     _is_clif = True
+    _default_surrogate = "rectangle"
 
     def __init__(self, tau, v_threshold, v_reset, decay_input, surrogate, alpha, detach_reset,
                  step_mode, backend, store_state_seqs, surrogate_function):
         super().__init__()
         if surrogate_function is not None:
+            if surrogate is not None:
+                raise ValueError("give surrogate or surrogate_function, not both "
+                                 f"(got {surrogate!r} and {surrogate_function!r})")
             surrogate = surrogate_function
+        elif surrogate is None:
+            surrogate = self._default_surrogate
         name, alpha = surrogate_spec(surrogate, alpha)
         self.opts = make_options(tau, v_threshold, v_reset, decay_input, name, alpha,
                                  detach_reset)
-        if step_mode not in ("s", "m"):
-            raise ValueError(f"step_mode must be 's' or 'm', got {step_mode!r}")
         if not isinstance(store_state_seqs, bool):
             raise TypeError(f"store_state_seqs must be a bool, got {type(store_state_seqs).__name__}")
         self.store_state_seqs = store_state_seqs
         self.step_mode = step_mode
         self.backend = backend
         self.reset()
+
+    @property
+    def step_mode(self):
+        """"s": one step of `[N, *]` per call; "m": a whole `[T, N, *]` sequence per call."""
+        return self._step_mode
+
+    @step_mode.setter
+    def step_mode(self, value):
+        # Checked on every assignment (SpikingJelly's set_step_mode assigns it too).
+        if value not in ("s", "m"):
+            raise ValueError(f"step_mode must be 's' or 'm', got {value!r}")
+        self._step_mode = value
 
     def reset(self):
         """Forget the carried state (the next call starts from the spec's initial state)."""
@@ -132,13 +151,14 @@ class _Node(nn.Module):
 
 class CLIFNode(_Node):
     """CLIF neuron module (Huang et al., ICML 2024). Defaults are the paper's: soft reset, no input
-    decay, rectangle surrogate. `step_mode="s"`: input `[N, *]`, one fused step; `"m"`: input
+    decay, rectangle surrogate (`surrogate=None`; or a name, with `alpha`; or SpikingJelly's
+    object as `surrogate_function`, which carries its own alpha). `step_mode="s"`: input `[N, *]`, one fused step; `"m"`: input
     `[T, N, *]`, the whole sequence in one fused launch."""
 
     _is_clif = True
 
     def __init__(self, tau=2.0, v_threshold=1.0, v_reset=None, decay_input=False,
-                 surrogate="rectangle", alpha=None, detach_reset=False, step_mode="s",
+                 surrogate=None, alpha=None, detach_reset=False, step_mode="s",
                  backend="auto", store_state_seqs=False, surrogate_function=None):
         super().__init__(tau, v_threshold, v_reset, decay_input, surrogate, alpha, detach_reset,
                          step_mode, backend, store_state_seqs, surrogate_function)
@@ -149,9 +169,10 @@ class LIFNode(_Node):
     sigmoid surrogate (alpha 4)."""
 
     _is_clif = False
+    _default_surrogate = "sigmoid"
 
     def __init__(self, tau=2.0, v_threshold=1.0, v_reset=0.0, decay_input=True,
-                 surrogate="sigmoid", alpha=None, detach_reset=False, step_mode="s",
+                 surrogate=None, alpha=None, detach_reset=False, step_mode="s",
                  backend="auto", store_state_seqs=False, surrogate_function=None):
         super().__init__(tau, v_threshold, v_reset, decay_input, surrogate, alpha, detach_reset,
                          step_mode, backend, store_state_seqs, surrogate_function)

@@ -28,7 +28,8 @@ from typing import Callable, NamedTuple, Optional
 import torch
 from torch import Tensor
 
-from .options import n_checkpoints
+from .options import SURROGATES, make_options, n_checkpoints
+from .reference import neuron_reference
 
 
 class FusedOptions(NamedTuple):
@@ -96,13 +97,42 @@ def _setup_context(ctx, inputs, output):
     ctx.set_materialize_grads(False)
 
 
+_SURROGATE_NAMES = {i: name for name, i in SURROGATES.items()}
+
+
+def _differentiable_backward(x, v0, m0, o, grad_spikes, grad_vT, grad_mT):
+    """The first-order gradients as a differentiable function of the inputs, for a double
+    backward (create_graph=True): autograd through the reference's forward. The fused
+    backward kernels compute first-order gradients only, so training keeps them, and a second
+    order (gradient penalties, Hessian-vector products) gets the reference's exact answer."""
+    opts = make_options(o.tau, o.v_threshold, o.v_reset, o.decay_input,
+                        _SURROGATE_NAMES[o.surrogate], o.alpha, o.detach_reset)
+    leaves = [None if t is None or t.requires_grad else t.detach().requires_grad_()
+              for t in (x, v0, m0)]
+    xr, v0r, m0r = (t if leaf is None else leaf for t, leaf in zip((x, v0, m0), leaves))
+    spikes, vT, mT = neuron_reference(xr, opts, clif=o.is_clif, v0=v0r, m0=m0r)
+    pairs = [(out, g) for out, g in ((spikes, grad_spikes), (vT, grad_vT),
+                                     (mT, grad_mT if o.is_clif else None)) if g is not None]
+    wrt = [t for t in (xr, v0r, m0r) if t is not None]
+    if not pairs:
+        return tuple(torch.zeros_like(t) for t in (x, v0, m0) if t is not None) + (None,)
+    grads = torch.autograd.grad([p[0] for p in pairs], wrt, [p[1] for p in pairs],
+                                create_graph=True, allow_unused=True)
+    grads = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, wrt)]
+    it = iter(grads)
+    return tuple(None if t is None else next(it) for t in (x, v0, m0))
+
+
 def _backward(ctx, bwd_op, grad_spikes, grad_vT, grad_mT):
     """Gradients of every fwd argument: (x, v0, m0) through `bwd_op`, None for the rest."""
     x, v0, m0, ckpt = ctx.saved_tensors
     o = ctx.options
-    # LIF's mT is an empty placeholder; its gradient (zeros under AOT autograd) is dropped.
-    gx, gv0, gm0 = bwd_op(x, v0, m0, ckpt, _contig(grad_spikes), _contig(grad_vT),
-                          _contig(grad_mT) if o.is_clif else None, *o)
+    if torch.is_grad_enabled():  # the engine runs backward in grad mode only for create_graph
+        gx, gv0, gm0 = _differentiable_backward(x, v0, m0, o, grad_spikes, grad_vT, grad_mT)
+    else:
+        # LIF's mT is an empty placeholder; its gradient (zeros under AOT autograd) is dropped.
+        gx, gv0, gm0 = bwd_op(x, v0, m0, ckpt, _contig(grad_spikes), _contig(grad_vT),
+                              _contig(grad_mT) if o.is_clif else None, *o)
     grads = (gx, gv0 if ctx.has_v0 else None, gm0 if (ctx.has_m0 and o.is_clif) else None)
     return grads + (None,) * (ctx.n_inputs - len(grads))
 

@@ -95,6 +95,9 @@ def neuron_reference(x_seq, opts: NeuronOptions, *, clif=True, v0=None, m0=None,
         spikes = torch.stack(spikes).to(x_seq.dtype)
     else:
         spikes = torch.empty_like(x_seq)
+        # With no step, v and m may still be the caller's v0/m0 objects: return new tensors (an
+        # in-place edit of one must not change the other), with the gradient passing through.
+        v, m = v.clone(), m.clone()
     out = (spikes, v.to(x_seq.dtype), m.to(x_seq.dtype) if clif else None)
     if return_h:
         h_seq = torch.stack(hs) if hs else torch.empty(x_seq.shape, dtype=cdt, device=x_seq.device)

@@ -7,7 +7,18 @@ import os
 import numpy as np
 import torch
 
+from clif_kernels import backends
 from clif_kernels.tools.verify import QUANTITIES, RTOL, measure
+
+HAS_GPU = torch.cuda.is_available()
+# The device each fused backend's tests run on (Triton: the interpreter without a GPU).
+DEVICE = {"triton": "cuda" if HAS_GPU else "cpu", "cpp": "cpu", "cuda": "cuda"}
+FUSED = tuple(DEVICE)
+
+
+def unavailable(name, dtype=torch.float32):
+    """Why `name` cannot run its tests here (None when it can)."""
+    return backends.unavailable_reason(name, torch.device(DEVICE[name]), dtype)
 
 # The independent float64 golden cases (tests/data/README.md).
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")

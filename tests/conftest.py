@@ -10,3 +10,16 @@ if not torch.cuda.is_available():
 # Kernel outputs start as NaN (see triton_kernels._empty and alloc in csrc/clif_host.h).
 os.environ["CLIF_KERNELS_POISON"] = "1"
 sys.path.insert(0, os.path.dirname(__file__))
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(params=["triton", "cpp", "cuda"])
+def backend(request):
+    """Each fused backend, skipped with the reason where it cannot run."""
+    from checks import unavailable
+    why = unavailable(request.param)
+    if why is not None:
+        pytest.skip(why)
+    return request.param

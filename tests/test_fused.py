@@ -9,28 +9,17 @@ import sys
 import pytest
 import torch
 
-from checks import compare, golden_cases
+from checks import DEVICE, compare, golden_cases, unavailable
 from clif_kernels import backends, ops
 from clif_kernels.ops import FusedOptions
 from clif_kernels.options import CKPT_EVERY, n_checkpoints
 from clif_kernels.tools.verify import neuron_fn, random_problem, reference64, rel_err, run_with_grads
 
 SURROGATES = ("rectangle", "sigmoid", "atan", "triangle")
-HAS_GPU = torch.cuda.is_available()
-DEVICE = {"triton": "cuda" if HAS_GPU else "cpu", "cpp": "cpu", "cuda": "cuda"}
 
 
 def _available(name, dtype=torch.float32):
-    return backends.unavailable_reason(name, torch.device(DEVICE[name]), dtype) is None
-
-
-@pytest.fixture(params=["triton", "cpp", "cuda"])
-def backend(request):
-    if not _available(request.param):
-        pytest.skip(backends.unavailable_reason(request.param,
-                                                torch.device(DEVICE[request.param]),
-                                                torch.float32))
-    return request.param
+    return unavailable(name, dtype) is None
 
 
 def check_backend(backend, is_clif, shape, dtype, with_state=True, **params):
