@@ -2,7 +2,9 @@
 
 Environment:
   CLIF_KERNELS_BUILD_CUDA=0/1  force the CUDA extension off or on (default: on when torch is a
-                               CUDA build and nvcc is found).
+                               CUDA build and an nvcc of the same CUDA major version is found;
+                               otherwise it is skipped with a warning that says why, and the
+                               C++ extension is still built).
   TORCH_CUDA_ARCH_LIST         GPU architectures (default "8.0;9.0").
   CUDA_HOME                    the CUDA toolkit (default: where `nvcc -dryrun` says nvcc lives;
                                torch's own guess, nvcc's parent folder, is wrong when nvcc is a
@@ -10,12 +12,21 @@ Environment:
 """
 import os
 import runpy
+import warnings
 
 from setuptools import setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 # Loaded by path: importing the package would import torch and the package's own modules.
 cfg = runpy.run_path(os.path.join(ROOT, "clif_kernels", "build_config.py"))
+
+
+def write_build_info(**info):
+    """What this build decided, for clif_kernels.extension.report() (an ignored generated file,
+    installed with the package)."""
+    with open(os.path.join(ROOT, "clif_kernels", "_build_info.py"), "w") as f:
+        f.write('"""Written by setup.py: what the build of the extensions decided."""\n')
+        f.write(f"BUILD_INFO = {info!r}\n")
 
 
 def extensions():
@@ -31,11 +42,13 @@ def extensions():
                          extra_compile_args={"cxx": cfg["CXX_FLAGS"]},
                          extra_link_args=cfg["LINK_FLAGS"])]
     want = os.environ.get("CLIF_KERNELS_BUILD_CUDA")
-    can = torch.version.cuda is not None and cuda_home is not None
-    if want == "1" and not can:
-        raise RuntimeError("CLIF_KERNELS_BUILD_CUDA=1 but torch is not a CUDA build or nvcc "
-                           "was not found")
-    if (want is None and can) or want == "1":
+    build_cuda, why = cfg["cuda_decision"](want, torch.version.cuda,
+                                           cfg["nvcc_version"](cuda_home))
+    if why is not None and want != "0":
+        warnings.warn(f"clif-kernels: not building the CUDA extension: {why}. "
+                      + cfg["HOW_TO_BUILD_LATER"] + ".", stacklevel=1)
+    write_build_info(cuda_built=build_cuda, cuda_why=why)
+    if build_cuda:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
         exts.append(CUDAExtension(
             "clif_kernels._C_cuda", src(cfg["CUDA_SOURCES"]),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import shutil
 import subprocess
 
@@ -38,6 +39,46 @@ def find_cuda_home():
         if "_HERE_=" in line:
             return os.path.dirname(line.split("_HERE_=", 1)[1].strip())
     return os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
+
+
+def nvcc_version(cuda_home):
+    """(major, minor) of the toolkit's nvcc, or None when it is missing or does not answer."""
+    if cuda_home is None:
+        return None
+    nvcc = os.path.join(cuda_home, "bin", "nvcc")
+    try:
+        out = subprocess.run([nvcc, "--version"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    m = re.search(r"release (\d+)\.(\d+)", out.stdout)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+HOW_TO_BUILD_LATER = (
+    "the cpp backend (CPU) and, on a GPU, the triton backend work without it; to build it "
+    "later, install a CUDA toolkit whose major version matches torch's and reinstall (or call "
+    "clif_kernels.extension.jit_build(cuda=True))")
+
+
+def cuda_decision(want, torch_cuda, nvcc):
+    """Whether to build the CUDA extension: (build, why_not). `want` is CLIF_KERNELS_BUILD_CUDA
+    ("0", "1" or None), `torch_cuda` torch.version.cuda ("12.4" or None), `nvcc` nvcc_version().
+    A CUDA toolkit whose major version differs from torch's cannot build against torch's
+    headers and libraries. With want == "1" what cannot work raises a RuntimeError instead."""
+    if want == "0":
+        return False, "CLIF_KERNELS_BUILD_CUDA=0"
+    why = None
+    if torch_cuda is None:
+        why = "torch is not a CUDA build"
+    elif nvcc is None:
+        why = "nvcc was not found (set CUDA_HOME or put nvcc on PATH)"
+    elif int(torch_cuda.split(".")[0]) != nvcc[0]:
+        why = (f"torch was built with CUDA {torch_cuda} but nvcc is CUDA {nvcc[0]}.{nvcc[1]}; "
+               "the major versions must match")
+    if why is not None and want == "1":
+        raise RuntimeError(f"CLIF_KERNELS_BUILD_CUDA=1, but the CUDA extension cannot be "
+                           f"built: {why}")
+    return why is None, why
 
 
 def nvidia_include_dirs():

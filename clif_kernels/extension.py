@@ -42,10 +42,33 @@ def load() -> dict:
     return _loaded
 
 
+def build_info() -> dict:
+    """What setup.py decided when it built the package ({} for a tree it did not build)."""
+    try:
+        from ._build_info import BUILD_INFO
+    except ImportError:
+        return {}
+    return dict(BUILD_INFO)
+
+
 def why_not(kind: str) -> str:
-    """The import error of an extension that did not load, as a clause for a message."""
+    """Why an extension did not load, as a clause for a message: the build's decision, or the
+    import error."""
+    if kind == "cuda" and build_info().get("cuda_why"):
+        return f"; the build skipped it: {build_info()['cuda_why']}"
     err = load_errors.get("_C" if kind == "cpp" else "_C_cuda")
     return f"; importing it failed: {err}" if err else ""
+
+
+def report() -> str:
+    """One line per compiled extension: loaded, or why not."""
+    loaded = load()
+    lines = []
+    for kind, module in (("cpp", "clif_kernels._C (C++ CPU kernel)"),
+                         ("cuda", "clif_kernels._C_cuda (CUDA kernels)")):
+        state = "loaded" if loaded[kind] else "not loaded" + (why_not(kind) or "")
+        lines.append(f"{module}: {state}")
+    return "\n".join(lines)
 
 
 def jit_build(cuda: bool | None = None, verbose: bool = False) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from .. import extension
 from ..backends import unavailable_reason
 from .verify import RTOL, measure, neuron_fn, random_problem, reference64, run_with_grads
 
@@ -29,6 +30,7 @@ def run_check(steps=None, neurons=None, seed=0) -> int:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     T = steps or (64 if device == "cuda" else 16)
     N = neurons or (1_000_003 if device == "cuda" else 3000)
+    print(extension.report())
     print(f"clif_kernels check on {device}: T={T}, N={N}; largest relative error against the "
           f"float64 reference; 'spikes' counts differing spikes away from the threshold")
     header = (f"{'backend':8} {'dtype':9} {'neuron':6} {'options':44} {'spikes':>6} "

@@ -6,6 +6,7 @@ Run as `python -m clif_kernels.tools.triton_aot 90 80`; it must not run under TR
 """
 from __future__ import annotations
 
+import inspect
 import itertools
 import os
 import subprocess
@@ -86,13 +87,20 @@ def _resource_usage(cubin: bytes):
     return regs, spill
 
 
+def _source(fn, signature, constexprs):
+    # Triton 3.3 renamed ASTSource's `constants` to `constexprs`.
+    if "constexprs" in inspect.signature(ASTSource).parameters:
+        return ASTSource(fn=fn, signature=signature, constexprs=constexprs)
+    return ASTSource(fn=fn, signature=signature, constants=constexprs)
+
+
 def compile_all(arch: int):
     """Compile every variant for sm_<arch>; returns rows (kernel, dtype, flags, regs, stack)."""
     target = GPUTarget("cuda", arch, 32)
     rows = []
     for fn, ce, dtype, ckpt_dtype in variants():
         warps = tk.FWD_WARPS if fn is tk.clif_fwd_kernel else tk.BWD_WARPS
-        src = ASTSource(fn=fn, signature=_signature(fn, ce, dtype, ckpt_dtype), constexprs=ce)
+        src = _source(fn, _signature(fn, ce, dtype, ckpt_dtype), ce)
         kernel = triton.compile(src, target=target, options={"num_warps": warps})
         usage = _resource_usage(kernel.asm["cubin"]) or (None, None)
         flags = ",".join(k for k, v in ce.items() if v is True)
