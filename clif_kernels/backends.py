@@ -4,8 +4,11 @@ This is the only module that knows the ops' names. The Triton module (and Triton
 imported, and the compiled extension loaded, the first time a backend that needs it is asked
 about, never at `import clif_kernels`.
 """
+import functools
+import importlib.metadata
 import importlib.util
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Tuple
 
@@ -70,13 +73,32 @@ def _no_cuda(device):
     return None
 
 
+def _version(package):
+    try:
+        v = importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    return tuple(int(p) for p in re.findall(r"\d+", v)[:2])
+
+
+@functools.lru_cache(maxsize=None)
+def _interpreter_why_not():
+    """Triton 3.4 and older: the interpreter fails inside numpy 2.4 and newer ("only
+    0-dimensional arrays can be converted to Python scalars")."""
+    triton_v, numpy_v = _version("triton"), _version("numpy")
+    if triton_v and numpy_v and triton_v < (3, 5) and numpy_v >= (2, 4):
+        return (f"Triton {'.'.join(map(str, triton_v))}'s interpreter does not work with numpy "
+                f"{'.'.join(map(str, numpy_v))}; install numpy<2.4 (or Triton >= 3.5)")
+    return None
+
+
 def _triton_why_not(device):
     if not has_triton():
         return "the triton package is not installed (pip install triton)"
     if device.type == "cuda":
         return _no_cuda(device)
     if device.type == "cpu" and triton_interpret():
-        return None
+        return _interpreter_why_not()
     return (f"Triton kernels need a CUDA tensor (got a {device.type} tensor); on the CPU "
             "they run only under TRITON_INTERPRET=1, set before clif_kernels is first used")
 

@@ -37,3 +37,19 @@ def test_skip_reason_reaches_the_backend_message(monkeypatch):
 def test_report_names_both_extensions():
     text = extension.report()
     assert "clif_kernels._C " in text and "clif_kernels._C_cuda " in text
+
+
+@pytest.mark.parametrize("triton_v,numpy_v,works", [((3, 2), (2, 4), False),
+                                                    ((3, 4), (2, 5), False),
+                                                    ((3, 4), (2, 3), True),
+                                                    ((3, 5), (2, 4), True)])
+def test_interpreter_numpy_pairing(monkeypatch, triton_v, numpy_v, works):
+    from clif_kernels import backends
+    monkeypatch.setattr(backends, "_version",
+                        lambda p: {"triton": triton_v, "numpy": numpy_v}[p])
+    backends._interpreter_why_not.cache_clear()
+    why = backends._interpreter_why_not()
+    backends._interpreter_why_not.cache_clear()
+    assert (why is None) == works
+    if not works:
+        assert "numpy<2.4" in why
