@@ -85,7 +85,15 @@ if [ "$GPU" = 1 ]; then
   # (inductor's CPU compile of the block alone took 73 s here).
   step tests 200 python3 -m pytest -q -p no:cacheprovider "${PAR[@]}" "${TIMEOUT[@]}" \
     --durations=10 -rfEs tests/test_fused.py tests/test_modules.py tests/test_inputs.py \
-    -k "not cpp and not cpu"
+    tests/test_adversarial.py -k "not cpp and not cpu"
+  # Out-of-bounds and misaligned accesses of the CUDA kernels on awkward widths (not every GPU
+  # host has compute-sanitizer: the step says so and goes on).
+  if command -v compute-sanitizer > /dev/null; then
+    step memcheck 90 compute-sanitizer --tool memcheck --error-exitcode 9 python3 -m pytest -q \
+      -p no:cacheprovider tests/test_fused.py -k "cuda and (awkward_widths or empty or strided)"
+  else
+    echo "== memcheck: compute-sanitizer not found on this host" | tee -a "$LOG"
+  fi
   # The headline: T=8, N=2^23 (the ResNet shape [8, 64, 128, 32, 32]), every provider.
   step bench 180 python3 -m clif_kernels bench --out "$RES" --sweep 8:8388608
   step tune 90 python3 benchmarks/tune_gpu.py --out "$RES"
@@ -94,7 +102,7 @@ if [ "$GPU" = 1 ]; then
   left=$((DEADLINE - SECONDS - 30))
   step sweep 300 python3 -m clif_kernels bench --out "$RES" --tag gpu_sweep \
     --providers naive,triton,cuda --time-budget "$((left > 20 ? left : 20))" \
-    --sweep 8:65536,8:262144,8:1048576,8:4194304,8:33554432,4:1048576,16:1048576,32:1048576,128:1048576
+    --sweep 8:65536,8:262144,8:1048576,8:4194304,8:33554432,4:1048576,16:1048576,32:1048576,128:1048576,1024:65536
 else
   step tests 300 python3 -m pytest -q -x -p no:cacheprovider tests/test_fused.py -k "cpp and golden"
   step check 120 python3 -m clif_kernels check
