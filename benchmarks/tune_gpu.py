@@ -63,7 +63,7 @@ def main():
             x = (torch.randn(T, N, device=dev, generator=g) * 1.5 + 0.3).to(dt)
             gs = torch.randn(T, N, device=dev, generator=g).to(dt)
             # tau 2, threshold 1, soft reset, no input decay, rectangle(1), CLIF
-            opts = FusedOptions(2.0, 1.0, None, False, 0, 1.0, False, True)
+            opts = FusedOptions(2.0, 1.0, None, False, 0, 1.0, 0.0, False, True)
 
             def same(out, ref):
                 # Another block shape must not change a single bit of the result.

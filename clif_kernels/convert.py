@@ -10,14 +10,16 @@ from __future__ import annotations
 
 from torch import nn
 
-from .modules import CLIFNode, LIFNode
+from .modules import CLIFNode, FusedStepping, LIFNode
+from .options import DEFAULT_BETA
 
 
 def clif_to_lif(model: nn.Module, v_reset: float = 0.0) -> nn.Module:
     """Replace, in place, every `CLIFNode` of `model` (and a SpikingJelly
     `ComplementaryLIFNode`) by a `LIFNode` with the same tau, threshold, surrogate, input decay,
     step mode and backend, and a hard reset to `v_reset`. Returns `model` (a bare node is
-    returned converted).
+    returned converted). A `clif_kernels.spikingjelly.ComplementaryLIFNode` becomes that
+    module's `LIFNode`, a SpikingJelly neuron too.
 
     Example:
         >>> net = nn.Sequential(nn.Linear(4, 4), CLIFNode(step_mode="m"))
@@ -45,9 +47,18 @@ def _to_lif(node, v_reset):
         o = node.opts
         return LIFNode(tau=o.tau, v_threshold=o.v_threshold, v_reset=v_reset,
                        decay_input=o.decay_input, surrogate=o.surrogate, alpha=o.alpha,
+                       beta=o.beta if o.surrogate in DEFAULT_BETA else None,
                        detach_reset=o.detach_reset, step_mode=node.step_mode,
                        backend=node.backend, store_state_seqs=node.store_state_seqs)
-    # SpikingJelly's ComplementaryLIFNode: soft reset, no input decay, its surrogate object.
+    if isinstance(node, FusedStepping):
+        # clif_kernels.spikingjelly's node (SpikingJelly is installed): its LIFNode, so that the
+        # network stays made of SpikingJelly neurons.
+        from .spikingjelly import LIFNode as SpikingJellyLIFNode
+        return SpikingJellyLIFNode(tau=node.tau, decay_input=False,
+                                   v_threshold=node.v_threshold, v_reset=float(v_reset),
+                                   surrogate_function=node.surrogate_function,
+                                   step_mode=node.step_mode, backend=node.backend)
+    # SpikingJelly's own ComplementaryLIFNode: soft reset, no input decay, its surrogate object.
     return LIFNode(tau=float(node.tau), v_threshold=float(node.v_threshold), v_reset=v_reset,
                    decay_input=False, surrogate_function=node.surrogate_function,
                    step_mode=node.step_mode)

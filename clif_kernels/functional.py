@@ -48,7 +48,9 @@ def _fused_call(pair, *args):
     return FusedNeuron.apply(pair, *args)
 
 
-def _run(x_seq, is_clif, v0, m0, return_state, backend, **params):
+def run(x_seq, is_clif, v0, m0, return_state, backend, opts):
+    """`clif`/`lif` with validated `options.NeuronOptions`: what the modules call, so that their
+    options are checked once, not on every step."""
     if not isinstance(x_seq, torch.Tensor):
         raise TypeError(f"x_seq must be a tensor, got {type(x_seq).__name__}")
     if x_seq.dim() < 1:
@@ -61,7 +63,6 @@ def _run(x_seq, is_clif, v0, m0, return_state, backend, **params):
     if torch._C._are_functorch_transforms_active():
         raise RuntimeError("clif_kernels does not support torch.func transforms (grad, vmap, "
                            "jacrev, ...): call it outside them and use torch.autograd.grad")
-    opts = make_options(**params)
     _check_state("v0", v0, x_seq)
     _check_state("m0", m0, x_seq)
     pair = REGISTRY[resolve_backend(backend, x_seq.device, x_seq.dtype)].op_pair()
@@ -102,7 +103,7 @@ def _run(x_seq, is_clif, v0, m0, return_state, backend, **params):
 
 
 def clif(x_seq, *, tau=2.0, v_threshold=1.0, v_reset=None, decay_input=False,
-         surrogate="rectangle", alpha=None, detach_reset=False, v0=None, m0=None,
+         surrogate="rectangle", alpha=None, beta=None, detach_reset=False, v0=None, m0=None,
          return_state=False, backend="auto"):
     """CLIF neuron over a whole sequence.
 
@@ -110,6 +111,11 @@ def clif(x_seq, *, tau=2.0, v_threshold=1.0, v_reset=None, decay_input=False,
         x_seq: `[T, *]` input current, float16/bfloat16/float32/float64.
         tau, v_threshold, v_reset, decay_input, surrogate, alpha, detach_reset: as in
             `clif-spec.md`; `v_reset=None` is the soft reset, `alpha=None` the surrogate's default.
+            surrogate: "rectangle", "sigmoid", "atan", "triangle", or, with SpikingJelly 2.0's
+            parameters, "piecewise_leaky_relu" (alpha its w, beta its c), "piecewise_exp",
+            "soft_sign", "super_spike", "erf".
+        beta: the surrogate's second parameter (only piecewise_leaky_relu has one; default
+            0.01).
         v0, m0: `[*]` initial membrane and complementary potentials (default: the spec's).
         return_state: also return the final states.
         backend: "auto", "torch", "triton", "cuda" or "cpp".
@@ -121,14 +127,15 @@ def clif(x_seq, *, tau=2.0, v_threshold=1.0, v_reset=None, decay_input=False,
         >>> x = torch.randn(8, 32, 128)
         >>> s, vT, mT = clif(x, return_state=True)
     """
-    return _run(x_seq, True, v0, m0, return_state, backend, tau=tau, v_threshold=v_threshold,
-                v_reset=v_reset, decay_input=decay_input, surrogate=surrogate, alpha=alpha,
-                detach_reset=detach_reset)
+    opts = make_options(tau=tau, v_threshold=v_threshold, v_reset=v_reset,
+                        decay_input=decay_input, surrogate=surrogate, alpha=alpha, beta=beta,
+                        detach_reset=detach_reset)
+    return run(x_seq, True, v0, m0, return_state, backend, opts)
 
 
 def lif(x_seq, *, tau=2.0, v_threshold=1.0, v_reset=None, decay_input=False,
-        surrogate="rectangle", alpha=None, detach_reset=False, v0=None, return_state=False,
-        backend="auto"):
+        surrogate="rectangle", alpha=None, beta=None, detach_reset=False, v0=None,
+        return_state=False, backend="auto"):
     """LIF neuron over a whole sequence: `clif` without the complementary potential.
 
     Returns spikes `[T, *]`, or `(spikes, vT)` with `return_state=True`.
@@ -136,6 +143,7 @@ def lif(x_seq, *, tau=2.0, v_threshold=1.0, v_reset=None, decay_input=False,
     Example:
         >>> s = lif(torch.randn(8, 1000), tau=2.0, v_reset=0.0)
     """
-    return _run(x_seq, False, v0, None, return_state, backend, tau=tau,
-                v_threshold=v_threshold, v_reset=v_reset, decay_input=decay_input,
-                surrogate=surrogate, alpha=alpha, detach_reset=detach_reset)
+    opts = make_options(tau=tau, v_threshold=v_threshold, v_reset=v_reset,
+                        decay_input=decay_input, surrogate=surrogate, alpha=alpha, beta=beta,
+                        detach_reset=detach_reset)
+    return run(x_seq, False, v0, None, return_state, backend, opts)

@@ -1,4 +1,5 @@
-"""Neuron modules, drop-in for SpikingJelly's `ComplementaryLIFNode` and `LIFNode`.
+"""Neuron modules: `CLIFNode` and `LIFNode`, which need nothing but torch, and the stepping logic
+they share with the SpikingJelly-native nodes of `clif_kernels.spikingjelly`.
 
 State (`v`, and `m` for CLIF) is carried from one call to the next until `reset()`; `detach()`
 cuts the graph through it (SpikingJelly's `functional.reset_net` and `functional.detach_net` call
@@ -7,49 +8,109 @@ these). Gradients flow through the carried state into the previous call.
     >>> node = CLIFNode(step_mode="m")
     >>> spikes = node(torch.randn(8, 32, 128))     # [T, N, *]
     >>> node.reset()
+
+The stepping logic lives once, in `FusedStepping`: SpikingJelly 2.0's functional interface
+(`single_step_functional_forward`, `multi_step_functional_forward`: inputs and states in, outputs
+and new states out), each call one fused launch. `CLIFNode` drives it from its own attributes;
+`clif_kernels.spikingjelly` puts the same class in front of SpikingJelly's own neurons, whose
+`MemoryModule` drives it as it drives theirs.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from .functional import clif, lif
-from .options import make_options
+from .functional import run
+from .options import DEFAULT_BETA, SURROGATES, _finite_float, make_options
+
+# SpikingJelly 2.0's surrogate classes (spikingjelly.activation_based.surrogate) that the kernels
+# compute, by class name: the kernel surrogate of the same function, and its (alpha, beta) from
+# the object's parameters. Rect(a) is a * [|z| < 0.5/a], an open window: piecewise_leaky_relu
+# with w = 0.5/a and c = 0 (the paper's rectangle has a closed one). PiecewiseQuadratic(a) is
+# a - a^2 |z| inside |z| <= 1/a: the triangle with alpha 1/a (0 on the edges either way).
+SJ_SURROGATE_MODULE = "spikingjelly.activation_based.surrogate"
+SJ_SURROGATES = {
+    "Rect": ("piecewise_leaky_relu", ("alpha",), lambda a: (0.5 / a, 0.0)),
+    "PiecewiseLeakyReLU": ("piecewise_leaky_relu", ("w", "c"), lambda w, c: (w, c)),
+    "PiecewiseQuadratic": ("triangle", ("alpha",), lambda a: (1.0 / a, None)),
+    "Sigmoid": ("sigmoid", ("alpha",), lambda a: (a, None)),
+    "ATan": ("atan", ("alpha",), lambda a: (a, None)),
+    "PiecewiseExp": ("piecewise_exp", ("alpha",), lambda a: (a, None)),
+    "SoftSign": ("soft_sign", ("alpha",), lambda a: (a, None)),
+    "SuperSpike": ("super_spike", ("alpha",), lambda a: (a, None)),
+    "Erf": ("erf", ("alpha",), lambda a: (a, None)),
+}
 
 
-def surrogate_spec(surrogate, alpha=None):
-    """(name, alpha) in this package's convention from a name, an object with `alpha`, or a
-    SpikingJelly surrogate (`Rect`, `Sigmoid`, `ATan`).
+def _supported():
+    return (f"the names {sorted(SURROGATES)} or SpikingJelly 2.0's "
+            f"{', '.join(sorted(SJ_SURROGATES))}")
 
-    SpikingJelly's `Rect(alpha)` has height alpha and half-width 0.5/alpha; the paper's rectangle
-    here has height 1/alpha and half-width alpha/2, so `Rect(a)` maps to alpha = 1/a. Its
-    `Sigmoid(alpha)` and `ATan(alpha)` are the same functions as here.
-    """
+
+def surrogate_spec(surrogate, alpha=None, beta=None):
+    """(name, alpha, beta) in this package's convention from a surrogate name (with `alpha` and
+    `beta` as given) or a SpikingJelly 2.0 surrogate object (which carries its own parameters;
+    `SJ_SURROGATES` has the conversions). A SpikingJelly object with `spiking=False`, a
+    subclass of one, or any other object raises."""
     if isinstance(surrogate, str):
-        return surrogate, alpha
-    if alpha is not None:
-        raise ValueError(f"alpha={alpha!r} conflicts with the surrogate object "
-                         f"{type(surrogate).__name__}, which carries its own alpha; give one")
-    kind = type(surrogate).__name__.lower()
-    a = getattr(surrogate, "alpha", None)
-    if a is None:
-        raise TypeError(f"surrogate object {type(surrogate).__name__} has no `alpha`")
-    a = float(a)
-    if kind in ("rect", "rectangle"):
-        return "rectangle", (1.0 / a if type(surrogate).__name__ == "Rect" else a)
-    for name in ("sigmoid", "atan", "triangle"):
-        if kind == name:
-            return name, a
-    raise ValueError(f"unsupported surrogate {type(surrogate).__name__}; use rectangle, sigmoid, "
-                     "atan or triangle (or SpikingJelly's Rect, Sigmoid, ATan)")
+        return surrogate, alpha, beta
+    cls = type(surrogate)
+    if cls.__module__ != SJ_SURROGATE_MODULE or cls.__name__ not in SJ_SURROGATES:
+        raise ValueError(f"unsupported surrogate {cls.__module__}.{cls.__qualname__}: the fused "
+                         f"kernels compute {_supported()} (exactly those classes, not "
+                         "subclasses: a subclass may change the derivative)")
+    if alpha is not None or beta is not None:
+        raise ValueError(f"alpha={alpha!r}, beta={beta!r} conflict with the surrogate object "
+                         f"{cls.__name__}, which carries its own parameters; give one")
+    if getattr(surrogate, "spiking", True) is not True:
+        raise ValueError(f"{cls.__name__}(spiking=False) outputs the surrogate's primitive, not "
+                         "spikes; the fused kernels fire binary spikes and cannot do that (use "
+                         "spiking=True, or SpikingJelly's own neuron)")
+    name, params, convert = SJ_SURROGATES[cls.__name__]
+    values = [_finite_float(f"{cls.__name__}.{p}", getattr(surrogate, p)) for p in params]
+    if values[0] <= 0:
+        raise ValueError(f"{cls.__name__}.{params[0]} must be > 0, got {values[0]}")
+    a, b = convert(*values)
+    return name, a, b
 
 
-class _Node(nn.Module):
+class FusedStepping:
+    """The stepping logic of every neuron module here, in SpikingJelly 2.0's functional form.
+
+    `states` is `(v,)` for LIF, `(v, m)` for CLIF; a state is a tensor of the input step's shape,
+    dtype and device, or None for the spec's initial state (which the kernels fill in without
+    reading memory). A class using it provides `_is_clif`, `backend` and `neuron_options()`.
+    """
+
     _is_clif = True
+
+    def neuron_options(self):
+        """The validated `options.NeuronOptions` of the next call."""
+        raise NotImplementedError
+
+    def single_step_functional_forward(self, inputs, states, **kwargs):
+        """One step: `inputs[0]` is `[N, *]`; one fused launch of T = 1."""
+        (spikes,), states = self._fused(inputs[0].unsqueeze(0), states)
+        return (spikes[0],), states
+
+    def multi_step_functional_forward(self, inputs, states, **kwargs):
+        """A whole sequence: `inputs[0]` is `[T, N, *]`; one fused launch."""
+        return self._fused(inputs[0], states)
+
+    def _fused(self, x_seq, states):
+        opts = self.neuron_options()
+        if self._is_clif:
+            spikes, v, m = run(x_seq, True, states[0], states[1], True, self.backend, opts)
+            return (spikes,), (v, m)
+        spikes, v = run(x_seq, False, states[0], None, True, self.backend, opts)
+        return (spikes,), (v,)
+
+
+class _Node(FusedStepping, nn.Module):
     _default_surrogate = "rectangle"
 
     def __init__(self, tau, v_threshold, v_reset, decay_input, surrogate, alpha, detach_reset,
-                 step_mode, backend, store_state_seqs, surrogate_function):
+                 step_mode, backend, store_state_seqs, surrogate_function, beta):
         super().__init__()
         if surrogate_function is not None:
             if surrogate is not None:
@@ -58,15 +119,25 @@ class _Node(nn.Module):
             surrogate = surrogate_function
         elif surrogate is None:
             surrogate = self._default_surrogate
-        name, alpha = surrogate_spec(surrogate, alpha)
+        name, alpha, beta = surrogate_spec(surrogate, alpha, beta)
         self.opts = make_options(tau, v_threshold, v_reset, decay_input, name, alpha,
-                                 detach_reset)
+                                 detach_reset, beta)
         if not isinstance(store_state_seqs, bool):
             raise TypeError(f"store_state_seqs must be a bool, got {type(store_state_seqs).__name__}")
         self.store_state_seqs = store_state_seqs
         self.step_mode = step_mode
         self.backend = backend
         self.reset()
+
+    def neuron_options(self):
+        return self.opts
+
+    # SpikingJelly's attribute names, read-only: the options are validated once, in `opts`.
+    tau = property(lambda self: self.opts.tau)
+    v_threshold = property(lambda self: self.opts.v_threshold)
+    v_reset = property(lambda self: self.opts.v_reset)
+    decay_input = property(lambda self: self.opts.decay_input)
+    detach_reset = property(lambda self: self.opts.detach_reset)
 
     @property
     def step_mode(self):
@@ -101,12 +172,6 @@ class _Node(nn.Module):
         if self.m is not None:
             self.m = self.m.detach()
 
-    def _kwargs(self):
-        o = self.opts
-        return dict(tau=o.tau, v_threshold=o.v_threshold, v_reset=o.v_reset,
-                    decay_input=o.decay_input, surrogate=o.surrogate, alpha=o.alpha,
-                    detach_reset=o.detach_reset, backend=self.backend, return_state=True)
-
     def _state_like(self, state, x):
         # A carried state from a batch of another shape (the last, smaller batch of an epoch)
         # cannot continue: start again, as SpikingJelly does after reset_net.
@@ -114,54 +179,65 @@ class _Node(nn.Module):
             return None
         return state.to(x.dtype)
 
-    def _run(self, x_seq):
-        """One fused call over `x_seq: [T, N, *]` from the carried state; updates it."""
-        v0 = self._state_like(self.v, x_seq[0])
+    def _carried(self, x_step):
+        v0 = self._state_like(self.v, x_step)
+        if not self._is_clif:
+            return (v0,)
+        return v0, (self._state_like(self.m, x_step) if v0 is not None else None)
+
+    def _keep(self, states):
+        self.v = states[0]
         if self._is_clif:
-            m0 = self._state_like(self.m, x_seq[0]) if v0 is not None else None
-            spikes, self.v, self.m = clif(x_seq, v0=v0, m0=m0, **self._kwargs())
-        else:
-            spikes, self.v = lif(x_seq, v0=v0, **self._kwargs())
-        return spikes
+            self.m = states[1]
 
     def forward(self, x):
         if self.step_mode == "s":
-            return self._run(x.unsqueeze(0))[0]
+            (spikes,), states = self.single_step_functional_forward((x,), self._carried(x))
+            self._keep(states)
+            return spikes
+        states = self._carried(x[0]) if x.shape[0] else self._carried(x.new_empty(x.shape[1:]))
         if not self.store_state_seqs:
-            return self._run(x)
+            (spikes,), states = self.multi_step_functional_forward((x,), states)
+            self._keep(states)
+            return spikes
         # The fused kernels keep no per-step state, so the sequence runs as T fused single steps
         # (the same values as one launch, as the tests check), each step's states kept with their
         # gradients: for monitoring, at the cost of T launches.
-        spikes, vs, ms = [], [], []
+        spikes, seqs = [], []
         for x_t in x:
-            spikes.append(self._run(x_t.unsqueeze(0))[0])
-            vs.append(self.v)
-            ms.append(self.m)
-        self.v_seq = torch.stack(vs)
-        self.m_seq = torch.stack(ms) if self._is_clif else None
+            (s,), states = self.single_step_functional_forward((x_t,), states)
+            spikes.append(s)
+            seqs.append(states)
+        self._keep(states)
+        self.v_seq = torch.stack([st[0] for st in seqs])
+        self.m_seq = torch.stack([st[1] for st in seqs]) if self._is_clif else None
         return torch.stack(spikes)
 
     def extra_repr(self):
         o = self.opts
+        sg = f"{o.surrogate}(alpha={o.alpha}" + (
+            f", beta={o.beta})" if o.surrogate in DEFAULT_BETA else ")")
         return (f"tau={o.tau}, v_threshold={o.v_threshold}, v_reset={o.v_reset}, "
-                f"decay_input={o.decay_input}, surrogate={o.surrogate}(alpha={o.alpha}), "
+                f"decay_input={o.decay_input}, surrogate={sg}, "
                 f"detach_reset={o.detach_reset}, step_mode={self.step_mode}, "
                 f"backend={self.backend}")
 
 
 class CLIFNode(_Node):
-    """CLIF neuron module (Huang et al., ICML 2024). Defaults are the paper's: soft reset, no input
-    decay, rectangle surrogate (`surrogate=None`; or a name, with `alpha`; or SpikingJelly's
-    object as `surrogate_function`, which carries its own alpha). `step_mode="s"`: input `[N, *]`, one fused step; `"m"`: input
-    `[T, N, *]`, the whole sequence in one fused launch."""
+    """CLIF neuron module (Huang et al., ICML 2024). Defaults are the paper's: soft reset, no
+    input decay, rectangle surrogate (`surrogate=None`; or a name, with `alpha` and `beta`; or a
+    SpikingJelly 2.0 surrogate object as `surrogate_function`, which carries its own
+    parameters). `step_mode="s"`: input `[N, *]`, one fused step; `"m"`: input `[T, N, *]`, the
+    whole sequence in one fused launch. Needs no SpikingJelly; for a node that is a SpikingJelly
+    neuron, see `clif_kernels.spikingjelly.ComplementaryLIFNode`."""
 
     _is_clif = True
 
     def __init__(self, tau=2.0, v_threshold=1.0, v_reset=None, decay_input=False,
                  surrogate=None, alpha=None, detach_reset=False, step_mode="s",
-                 backend="auto", store_state_seqs=False, surrogate_function=None):
+                 backend="auto", store_state_seqs=False, surrogate_function=None, beta=None):
         super().__init__(tau, v_threshold, v_reset, decay_input, surrogate, alpha, detach_reset,
-                         step_mode, backend, store_state_seqs, surrogate_function)
+                         step_mode, backend, store_state_seqs, surrogate_function, beta)
 
 
 class LIFNode(_Node):
@@ -173,6 +249,6 @@ class LIFNode(_Node):
 
     def __init__(self, tau=2.0, v_threshold=1.0, v_reset=0.0, decay_input=True,
                  surrogate=None, alpha=None, detach_reset=False, step_mode="s",
-                 backend="auto", store_state_seqs=False, surrogate_function=None):
+                 backend="auto", store_state_seqs=False, surrogate_function=None, beta=None):
         super().__init__(tau, v_threshold, v_reset, decay_input, surrogate, alpha, detach_reset,
-                         step_mode, backend, store_state_seqs, surrogate_function)
+                         step_mode, backend, store_state_seqs, surrogate_function, beta)

@@ -28,7 +28,7 @@ from typing import Callable, NamedTuple, Optional
 import torch
 from torch import Tensor
 
-from .options import SURROGATES, make_options, n_checkpoints
+from .options import DEFAULT_BETA, SURROGATES, make_options, n_checkpoints
 from .reference import neuron_reference
 
 
@@ -39,8 +39,9 @@ class FusedOptions(NamedTuple):
     v_threshold: float
     v_reset: Optional[float]
     decay_input: bool
-    surrogate: int          # options.SURROGATES: 0 rectangle, 1 sigmoid, 2 atan, 3 triangle
+    surrogate: int          # options.SURROGATES: 0 rectangle, 1 sigmoid, 2 atan, 3 triangle, ...
     alpha: float
+    beta: float             # the surrogate's second parameter (0 where it has none)
     detach_reset: bool
     is_clif: bool
 
@@ -48,12 +49,12 @@ class FusedOptions(NamedTuple):
 def fused_options(opts, is_clif: bool) -> FusedOptions:
     """The ops' arguments for validated `options.NeuronOptions`."""
     return FusedOptions(opts.tau, opts.v_threshold, opts.v_reset, opts.decay_input,
-                        opts.surrogate_id, opts.alpha, opts.detach_reset, is_clif)
+                        opts.surrogate_id, opts.alpha, opts.beta, opts.detach_reset, is_clif)
 
 
 _SCHEMA_TYPES = {"tau": "float", "v_threshold": "float", "v_reset": "float?",
                  "decay_input": "bool", "surrogate": "int", "alpha": "float",
-                 "detach_reset": "bool", "is_clif": "bool"}
+                 "beta": "float", "detach_reset": "bool", "is_clif": "bool"}
 _OPTIONS = ", ".join(f"{_SCHEMA_TYPES[f]} {f}" for f in FusedOptions._fields)
 FWD_TENSORS = ("x", "v0", "m0")  # the differentiable inputs, first in both ops
 FWD_SCHEMA = (f"(Tensor x, Tensor? v0, Tensor? m0, {_OPTIONS}, bool save) "
@@ -105,8 +106,9 @@ def _differentiable_backward(x, v0, m0, o, grad_spikes, grad_vT, grad_mT):
     backward (create_graph=True): autograd through the reference's forward. The fused
     backward kernels compute first-order gradients only, so training keeps them, and a second
     order (gradient penalties, Hessian-vector products) gets the reference's exact answer."""
-    opts = make_options(o.tau, o.v_threshold, o.v_reset, o.decay_input,
-                        _SURROGATE_NAMES[o.surrogate], o.alpha, o.detach_reset)
+    name = _SURROGATE_NAMES[o.surrogate]
+    opts = make_options(o.tau, o.v_threshold, o.v_reset, o.decay_input, name, o.alpha,
+                        o.detach_reset, o.beta if name in DEFAULT_BETA else None)
     leaves = [None if t is None or t.requires_grad else t.detach().requires_grad_()
               for t in (x, v0, m0)]
     xr, v0r, m0r = (t if leaf is None else leaf for t, leaf in zip((x, v0, m0), leaves))

@@ -13,9 +13,19 @@ from typing import Optional
 import numpy as np
 import torch
 
-# Index of each surrogate in the kernels' compile-time switch, and the paper's default alpha.
-SURROGATES = {"rectangle": 0, "sigmoid": 1, "atan": 2, "triangle": 3}
-DEFAULT_ALPHA = {"rectangle": 1.0, "sigmoid": 4.0, "atan": 2.0, "triangle": 1.0}
+# Index of each surrogate in the kernels' switch (docs/clif-spec.md has the formulas; the C++
+# enum Surrogate in csrc/clif_core.h is the twin, and a test checks that the two agree), and the
+# default alpha: the paper's for the first four, SpikingJelly 2.0's for the others, which take
+# SpikingJelly's parameters (piecewise_leaky_relu: alpha is its w, beta its c).
+SURROGATES = {"rectangle": 0, "sigmoid": 1, "atan": 2, "triangle": 3,
+              "piecewise_leaky_relu": 4, "piecewise_exp": 5, "soft_sign": 6, "super_spike": 7,
+              "erf": 8}
+DEFAULT_ALPHA = {"rectangle": 1.0, "sigmoid": 4.0, "atan": 2.0, "triangle": 1.0,
+                 "piecewise_leaky_relu": 1.0, "piecewise_exp": 1.0, "soft_sign": 2.0,
+                 "super_spike": 1.0, "erf": 2.0}
+# The surrogates with a second parameter, and its default (0 for every other surrogate, which
+# refuses one).
+DEFAULT_BETA = {"piecewise_leaky_relu": 0.01}
 BACKENDS = ("auto", "torch", "triton", "cuda", "cpp")
 # Steps per recomputed segment of the fused backwards; csrc/clif_core.h has the C++ twin
 # (kCkptEvery), and a test checks that the two agree. 8 keeps the backward's register tiles at
@@ -31,7 +41,8 @@ def n_checkpoints(T: int) -> int:
 
 @dataclass(frozen=True)
 class NeuronOptions:
-    """The spec's parameters after validation; `alpha` is never None here."""
+    """The spec's parameters after validation; `alpha` is never None here, `beta` is the
+    surrogate's second parameter (0 for those without one)."""
 
     tau: float = 2.0
     v_threshold: float = 1.0
@@ -40,6 +51,7 @@ class NeuronOptions:
     surrogate: str = "rectangle"
     alpha: float = 1.0
     detach_reset: bool = False
+    beta: float = 0.0
 
     @property
     def hard_reset(self) -> bool:
@@ -93,8 +105,10 @@ def _flag(name, value):
 
 
 def make_options(tau=2.0, v_threshold=1.0, v_reset=None, decay_input=False,
-                 surrogate="rectangle", alpha=None, detach_reset=False) -> NeuronOptions:
-    """Check the spec's keyword arguments and fill in the surrogate's default alpha."""
+                 surrogate="rectangle", alpha=None, detach_reset=False,
+                 beta=None) -> NeuronOptions:
+    """Check the spec's keyword arguments and fill in the surrogate's default alpha (and beta,
+    for the one surrogate that has a second parameter)."""
     tau = _finite_float("tau", tau)
     if tau <= 0.0:
         raise ValueError(f"tau must be > 0, got {tau}")
@@ -112,5 +126,12 @@ def make_options(tau=2.0, v_threshold=1.0, v_reset=None, decay_input=False,
     alpha = _finite_float("alpha", alpha)
     if alpha <= 0.0:
         raise ValueError(f"alpha must be > 0, got {alpha}")
+    if key in DEFAULT_BETA:
+        beta = DEFAULT_BETA[key] if beta is None else _finite_float("beta", beta)
+    elif beta is not None:
+        raise ValueError(f"beta is the second parameter of {sorted(DEFAULT_BETA)}; the "
+                         f"{key} surrogate has none, got beta={beta!r}")
+    else:
+        beta = 0.0
     return NeuronOptions(tau, v_threshold, v_reset, _flag("decay_input", decay_input), key,
-                         alpha, _flag("detach_reset", detach_reset))
+                         alpha, _flag("detach_reset", detach_reset), beta)

@@ -16,8 +16,10 @@ import torch
 from .options import NeuronOptions
 
 
-def surrogate_grad(z: torch.Tensor, surrogate: str, alpha: float) -> torch.Tensor:
-    """sigma'(z): the derivative the spike pretends to have at z = h - v_threshold."""
+def surrogate_grad(z: torch.Tensor, surrogate: str, alpha: float,
+                   beta: float = 0.0) -> torch.Tensor:
+    """sigma'(z): the derivative the spike pretends to have at z = h - v_threshold (spec,
+    Surrogate derivatives; `beta` is piecewise_leaky_relu's slope outside its window)."""
     if surrogate == "rectangle":
         return (z.abs() <= alpha / 2).to(z.dtype) / alpha
     if surrogate == "sigmoid":
@@ -27,6 +29,17 @@ def surrogate_grad(z: torch.Tensor, surrogate: str, alpha: float) -> torch.Tenso
         return (alpha / 2) / (1 + (math.pi / 2 * alpha * z) ** 2)
     if surrogate == "triangle":
         return torch.clamp(1 / alpha - z.abs() / alpha ** 2, min=0)
+    if surrogate == "piecewise_leaky_relu":
+        # Strict: the window's edges |z| = alpha take the outside value (NaN too).
+        return torch.full_like(z, beta).masked_fill(z.abs() < alpha, 1 / (2 * alpha))
+    if surrogate == "piecewise_exp":
+        return (alpha / 2) * torch.exp(-alpha * z.abs())
+    if surrogate == "soft_sign":
+        return (alpha / 2) / (1 + alpha * z.abs()) ** 2
+    if surrogate == "super_spike":
+        return alpha / (1 + z.abs()) ** 2
+    if surrogate == "erf":
+        return (alpha / math.sqrt(math.pi)) * torch.exp(-(alpha * z) ** 2)
     raise ValueError(f"unknown surrogate {surrogate!r}")
 
 
@@ -34,16 +47,17 @@ class SpikeFn(torch.autograd.Function):
     """Heaviside step s = (h >= threshold) whose backward is the surrogate derivative."""
 
     @staticmethod
-    def forward(ctx, h, v_threshold, surrogate, alpha):
+    def forward(ctx, h, v_threshold, surrogate, alpha, beta=0.0):
         ctx.save_for_backward(h)
-        ctx.params = (v_threshold, surrogate, alpha)
+        ctx.params = (v_threshold, surrogate, alpha, beta)
         return (h >= v_threshold).to(h.dtype)
 
     @staticmethod
     def backward(ctx, grad_s):
         (h,) = ctx.saved_tensors
-        v_threshold, surrogate, alpha = ctx.params
-        return grad_s * surrogate_grad(h - v_threshold, surrogate, alpha), None, None, None
+        v_threshold, surrogate, alpha, beta = ctx.params
+        return (grad_s * surrogate_grad(h - v_threshold, surrogate, alpha, beta),
+                None, None, None, None)
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -79,7 +93,7 @@ def neuron_reference(x_seq, opts: NeuronOptions, *, clif=True, v0=None, m0=None,
     spikes, hs = [], []
     for t in range(x_seq.shape[0]):
         h = gamma * v + c * x_seq[t].to(cdt) + b
-        s = SpikeFn.apply(h, th, opts.surrogate, opts.alpha)
+        s = SpikeFn.apply(h, th, opts.surrogate, opts.alpha, opts.beta)
         s_reset = s.detach() if opts.detach_reset else s
         if opts.hard_reset:
             v = (1 - s_reset) * h + s_reset * opts.v_reset

@@ -51,18 +51,32 @@ def _neuron_step(b_v, b_m, b_x, gamma, c, b, inv_tau, th, v_reset,
 
 
 @triton.jit
-def _surrogate_grad(z, alpha, SURROGATE: tl.constexpr):
-    """sigma'(z) for 0 rectangle, 1 sigmoid, 2 atan, 3 triangle (spec, Backward)."""
-    if SURROGATE == 0:
+def _surrogate_grad(z, alpha, beta, SURROGATE: tl.constexpr):
+    """sigma'(z) for the surrogate with id SURROGATE (options.SURROGATES; spec, Surrogate
+    derivatives): a constexpr, so each kernel compiles only its own branch."""
+    if SURROGATE == 0:  # rectangle
         g = tl.where(tl.abs(z) <= 0.5 * alpha, 1.0 / alpha, 0.0)
-    elif SURROGATE == 1:
+    elif SURROGATE == 1:  # sigmoid
         sg = _sigmoid(alpha * z)
         g = alpha * sg * (1.0 - sg)
-    elif SURROGATE == 2:
+    elif SURROGATE == 2:  # atan
         w = 1.5707963267948966 * alpha * z
         g = 0.5 * alpha / (1.0 + w * w)
-    else:
+    elif SURROGATE == 3:  # triangle
         g = tl.maximum(1.0 / alpha - tl.abs(z) / (alpha * alpha), 0.0)
+    elif SURROGATE == 4:  # piecewise_leaky_relu: open window |z| < w = alpha; beta outside
+        g = tl.where(tl.abs(z) < alpha, 0.5 / alpha, beta)
+    elif SURROGATE == 5:  # piecewise_exp
+        g = 0.5 * alpha * tl.exp(-alpha * tl.abs(z))
+    elif SURROGATE == 6:  # soft_sign
+        q = 1.0 + alpha * tl.abs(z)
+        g = 0.5 * alpha / (q * q)
+    elif SURROGATE == 7:  # super_spike
+        q = 1.0 + tl.abs(z)
+        g = alpha / (q * q)
+    else:  # erf
+        w = alpha * z
+        g = 0.5641895835477563 * alpha * tl.exp(-(w * w))
     return g
 
 
@@ -110,7 +124,7 @@ def clif_fwd_kernel(x_ptr, v0_ptr, m0_ptr, s_ptr, vT_ptr, mT_ptr, ckpt_ptr, T, N
 @triton.jit
 def clif_bwd_kernel(x_ptr, v0_ptr, m0_ptr, ckpt_ptr, gs_ptr, gvT_ptr, gmT_ptr,
                     gx_ptr, gv0_ptr, gm0_ptr, T, N,
-                    gamma, c, b, inv_tau, th, v_reset, v_init, alpha,
+                    gamma, c, b, inv_tau, th, v_reset, v_init, alpha, beta,
                     HAS_V0: tl.constexpr, HAS_M0: tl.constexpr, HAS_GS: tl.constexpr,
                     HAS_GVT: tl.constexpr, HAS_GMT: tl.constexpr, HARD_RESET: tl.constexpr,
                     IS_CLIF: tl.constexpr, DETACH_RESET: tl.constexpr, SURROGATE: tl.constexpr,
@@ -180,7 +194,7 @@ def clif_bwd_kernel(x_ptr, v0_ptr, m0_ptr, ckpt_ptr, gs_ptr, gvT_ptr, gmT_ptr,
                     b_gh = b_gv * (1.0 - b_s)
                 else:
                     b_gh = b_gv
-                b_gh += b_gs1 * _surrogate_grad(b_h - th, alpha, SURROGATE)
+                b_gh += b_gs1 * _surrogate_grad(b_h - th, alpha, beta, SURROGATE)
                 if IS_CLIF:
                     b_gh += b_gm1 * b_mp * b_a * (1.0 - b_a) * inv_tau
                     b_gm = b_gm1 * b_a
@@ -261,7 +275,7 @@ def clif_bwd(x, v0, m0, ckpt, grad_spikes, grad_vT, grad_mT, o):
         grad_vT if grad_vT is not None else x,
         grad_mT if (grad_mT is not None and is_clif) else x,
         gx, gv0 if v0 is not None else gx, gm0 if has_m0 else gx, T, N,
-        *_scalars(o), o.alpha,
+        *_scalars(o), o.alpha, o.beta,
         HAS_V0=v0 is not None, HAS_M0=has_m0, HAS_GS=grad_spikes is not None,
         HAS_GVT=grad_vT is not None, HAS_GMT=grad_mT is not None and is_clif,
         HARD_RESET=o.v_reset is not None, IS_CLIF=is_clif, DETACH_RESET=o.detach_reset,

@@ -44,7 +44,20 @@ namespace clif {
 // agree: the fake kernels and the checkpoint tensor's shape depend on it).
 constexpr int kCkptEvery = 8;
 
-enum Surrogate : int { kRectangle = 0, kSigmoid = 1, kAtan = 2, kTriangle = 3 };
+// options.SURROGATES is the Python twin (a test checks that the two agree); docs/clif-spec.md has
+// the formulas. Ids from 4 on take SpikingJelly 2.0's parameters.
+enum Surrogate : int {
+  kRectangle = 0,
+  kSigmoid = 1,
+  kAtan = 2,
+  kTriangle = 3,
+  kPiecewiseLeakyRelu = 4,
+  kPiecewiseExp = 5,
+  kSoftSign = 6,
+  kSuperSpike = 7,
+  kErf = 8,
+  kNumSurrogates = 9
+};
 
 // How a kernel knows the reset mode: at run time from Params::hard (the GPU kernels, where the
 // branch is warp-uniform), or at compile time (the CPU builds, where a select on a
@@ -121,6 +134,11 @@ template <typename T>
 CLIF_HD T box(T z, T w, T value) {
   return (z <= w && z >= -w) ? value : T(0);
 }
+// inside where -w < z < w (strict; false for NaN), else outside.
+template <typename T>
+CLIF_HD T window(T z, T w, T inside, T outside) {
+  return (z < w && z > -w) ? inside : outside;
+}
 template <typename T>
 CLIF_HD T abs_value(T z) {
   return z < T(0) ? -z : z;
@@ -167,7 +185,7 @@ CLIF_HD vec_t step(const Params<acc_t>& p, vec_t& v, vec_t& m, vec_t x, vec_t& a
 
 // sigma'(z), the surrogate derivative of the spike at z = h - threshold (spec, Backward), for a
 // group of L neurons (or vectors). The switch sits outside the lane loops so that each loop
-// vectorises.
+// vectorises (and is warp-uniform on the GPU).
 template <int L, typename acc_t, typename vec_t>
 CLIF_HD void surrogate_grads(const Params<acc_t>& p, const vec_t* h, vec_t* out) {
   const acc_t al = p.alpha, th = p.th;
@@ -192,11 +210,46 @@ CLIF_LANES
         out[l] = acc_t(0.5) * al / (acc_t(1) + w * w);
       }
       break;
-    default:
+    case kTriangle:
 CLIF_LANES
       for (int l = 0; l < L; ++l) {
         const vec_t g = acc_t(1) / al - abs_value(h[l] - th) / (al * al);
         out[l] = relu(g);
+      }
+      break;
+    case kPiecewiseLeakyRelu:
+      // 1/(2w) inside the open window |z| < w (alpha = w), c (beta) outside and on its edges.
+CLIF_LANES
+      for (int l = 0; l < L; ++l) {
+        out[l] = window(h[l] - th, vec_t(al), vec_t(acc_t(0.5) / al), vec_t(p.beta));
+      }
+      break;
+    case kPiecewiseExp:
+CLIF_LANES
+      for (int l = 0; l < L; ++l) {
+        out[l] = acc_t(0.5) * al * exp_approx(-(al * abs_value(h[l] - th)));
+      }
+      break;
+    case kSoftSign:
+      // SpikingJelly's 1 / (2 alpha (1/alpha + |z|)^2), without its two divisions.
+CLIF_LANES
+      for (int l = 0; l < L; ++l) {
+        const vec_t q = madd(vec_t(al), abs_value(h[l] - th), vec_t(1));
+        out[l] = acc_t(0.5) * al * recip(q * q);
+      }
+      break;
+    case kSuperSpike:
+CLIF_LANES
+      for (int l = 0; l < L; ++l) {
+        const vec_t q = abs_value(h[l] - th) + acc_t(1);
+        out[l] = al * recip(q * q);
+      }
+      break;
+    default:  // kErf
+CLIF_LANES
+      for (int l = 0; l < L; ++l) {
+        const vec_t w = al * (h[l] - th);
+        out[l] = acc_t(0.5641895835477563) * al * exp_approx(-(w * w));  // 1/sqrt(pi)
       }
   }
 }

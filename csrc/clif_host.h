@@ -85,6 +85,7 @@ struct OpOptions {
   bool decay_input;
   int64_t surrogate;
   double alpha;
+  double beta;
   bool detach_reset;
   bool is_clif;
 };
@@ -94,9 +95,11 @@ inline void check_options(const OpOptions& o) {
   TORCH_CHECK(std::isfinite(o.v_threshold), "v_threshold must be finite, got ", o.v_threshold);
   TORCH_CHECK(!o.v_reset.has_value() || std::isfinite(*o.v_reset),
               "v_reset must be finite or None, got ", *o.v_reset);
-  TORCH_CHECK(o.surrogate >= 0 && o.surrogate <= 3, "surrogate must be 0..3, got ", o.surrogate);
+  TORCH_CHECK(o.surrogate >= 0 && o.surrogate < kNumSurrogates, "surrogate must be 0..",
+              kNumSurrogates - 1, ", got ", o.surrogate);
   TORCH_CHECK(std::isfinite(o.alpha) && o.alpha > 0, "alpha must be finite and > 0, got ",
               o.alpha);
+  TORCH_CHECK(std::isfinite(o.beta), "beta must be finite, got ", o.beta);
 }
 
 // The one place the kernels' constants are derived from the options.
@@ -113,6 +116,7 @@ Params<acc_t> make_params(const OpOptions& o) {
   p.v_reset = static_cast<acc_t>(vr);
   p.v_init = static_cast<acc_t>(vr);
   p.alpha = static_cast<acc_t>(o.alpha);
+  p.beta = static_cast<acc_t>(o.beta);
   p.surrogate = static_cast<int>(o.surrogate);
   p.hard = hard;
   p.keep_reset = !o.detach_reset;
@@ -234,9 +238,10 @@ void run_bwd(const BwdResult& out, const Tensor& x, const OptTensor& v0, const O
 template <c10::DeviceType D>
 FwdResult fwd_op(const Tensor& x, const OptTensor& v0, const OptTensor& m0, double tau,
                  double v_threshold, c10::optional<double> v_reset, bool decay_input,
-                 int64_t surrogate, double alpha, bool detach_reset, bool is_clif, bool save) {
-  const OpOptions o{tau, v_threshold, v_reset, decay_input, surrogate, alpha, detach_reset,
-                    is_clif};
+                 int64_t surrogate, double alpha, double beta, bool detach_reset, bool is_clif,
+                 bool save) {
+  const OpOptions o{tau,   v_threshold, v_reset,      decay_input, surrogate,
+                    alpha, beta,        detach_reset, is_clif};
   FwdResult out = prepare_fwd(x, v0, m0, o, save, D, output_allocator<D>());
   run_fwd<D>(out, x, v0, m0, o);
   return out;
@@ -246,9 +251,10 @@ template <c10::DeviceType D>
 BwdResult bwd_op(const Tensor& x, const OptTensor& v0, const OptTensor& m0, const Tensor& ckpt,
                  const OptTensor& gs, const OptTensor& gvT, const OptTensor& gmT, double tau,
                  double v_threshold, c10::optional<double> v_reset, bool decay_input,
-                 int64_t surrogate, double alpha, bool detach_reset, bool is_clif) {
-  const OpOptions o{tau, v_threshold, v_reset, decay_input, surrogate, alpha, detach_reset,
-                    is_clif};
+                 int64_t surrogate, double alpha, double beta, bool detach_reset,
+                 bool is_clif) {
+  const OpOptions o{tau,   v_threshold, v_reset,      decay_input, surrogate,
+                    alpha, beta,        detach_reset, is_clif};
   BwdResult out = prepare_bwd(x, v0, m0, ckpt, gs, gvT, gmT, o, D, output_allocator<D>());
   run_bwd<D>(out, x, v0, m0, ckpt, gs, gvT, gmT, o);
   return out;

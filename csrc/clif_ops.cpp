@@ -14,16 +14,18 @@ PyObject* PyInit__C(void) {
 TORCH_LIBRARY(clif_fused, m) {
   // The fused op pair (clif_kernels/ops.py describes it; its FWD_SCHEMA and BWD_SCHEMA must
   // equal these, which a test checks). The options after the tensors are ops.FusedOptions and
-  // OpOptions (clif_host.h), in this order; surrogate: 0 rectangle, 1 sigmoid, 2 atan,
-  // 3 triangle. The forward does not use the surrogate, alpha or detach_reset, but carries them
-  // so that one autograd formula serves every backend.
+  // OpOptions (clif_host.h), in this order; surrogate: the index of options.SURROGATES (enum
+  // Surrogate, clif_core.h), alpha and beta its parameters. The forward does not use the
+  // surrogate, alpha, beta or detach_reset, but carries them so that one autograd formula serves
+  // every backend.
   m.def(
       "fwd(Tensor x, Tensor? v0, Tensor? m0, float tau, float v_threshold, float? v_reset, "
-      "bool decay_input, int surrogate, float alpha, bool detach_reset, bool is_clif, "
-      "bool save) -> (Tensor, Tensor, Tensor, Tensor)");
+      "bool decay_input, int surrogate, float alpha, float beta, bool detach_reset, "
+      "bool is_clif, bool save) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "bwd(Tensor x, Tensor? v0, Tensor? m0, Tensor ckpt, Tensor? grad_spikes, "
       "Tensor? grad_vT, Tensor? grad_mT, float tau, float v_threshold, float? v_reset, "
-      "bool decay_input, int surrogate, float alpha, bool detach_reset, bool is_clif) "
+      "bool decay_input, int surrogate, float alpha, float beta, bool detach_reset, "
+      "bool is_clif) "
       "-> (Tensor, Tensor, Tensor)");
 }

@@ -24,6 +24,7 @@ struct Params {
   acc_t v_reset;  // 0 for a soft reset
   acc_t v_init;   // v before step 0 when no v0 is given
   acc_t alpha;    // surrogate width/steepness
+  acc_t beta;     // the surrogate's second parameter (piecewise_leaky_relu's c), else 0
   int surrogate;    // Surrogate (clif_core.h)
   bool hard;        // a hard reset (to v_reset)
   bool keep_reset;  // false when detach_reset: the reset terms carry no gradient

@@ -69,7 +69,7 @@ CLIF_VEC Vec<K>& operator+=(Vec<K>& a, const Vec<K>& b) { return a = a + b; }
 template <int K>
 CLIF_VEC Vec<K>& operator-=(Vec<K>& a, const Vec<K>& b) { return a = a - b; }
 
-// The core's non-arithmetic operations (see recip, fire, box, ... in clif_core.h).
+// The core's non-arithmetic operations (see recip, fire, box, window, ... in clif_core.h).
 template <int K>
 CLIF_VEC Vec<K> fire(const Vec<K>& h, const Vec<K>& th) {
   Vec<K> o;
@@ -86,6 +86,15 @@ CLIF_VEC Vec<K> box(const Vec<K>& z, const Vec<K>& w, const Vec<K>& value) {
                          _mm512_cmp_ps_mask(z.v[i], nw, _CMP_GE_OQ);
     o.v[i] = _mm512_maskz_mov_ps(in, value.v[i]);
   }
+  return o;
+}
+template <int K>
+CLIF_VEC Vec<K> window(const Vec<K>& z, const Vec<K>& w, const Vec<K>& inside,
+                       const Vec<K>& outside) {
+  Vec<K> o;
+  // |z| < w, false for NaN (an unordered compare is false): NaN takes the outside value.
+  CLIF_EACH o.v[i] = _mm512_mask_mov_ps(
+      outside.v[i], _mm512_cmp_ps_mask(_mm512_abs_ps(z.v[i]), w.v[i], _CMP_LT_OQ), inside.v[i]);
   return o;
 }
 template <int K>
@@ -153,6 +162,30 @@ CLIF_VEC Vec<K> sigmoid(const Vec<K>& z) {
   Vec<K> e;  // 1 + exp(-z), in [1, 1.7e38]
   CLIF_EACH e.v[i] = _mm512_add_ps(_mm512_scalef_ps(q[i], n[i]), _mm512_set1_ps(1.0f));
   return recip(e);
+}
+
+// exp(w) for the surrogates that need it (piecewise_exp, erf): the steps of sigmoid above
+// without the folded negation, the 1 + and the reciprocal. w is clamped to [-87, 88] as there
+// (exp(-87) = 1.6e-38 stands for anything smaller); NaN passes through.
+template <int K>
+CLIF_VEC Vec<K> exp_approx(const Vec<K>& w) {
+  __m512 x[K], n[K], r[K], q[K];
+  CLIF_EACH x[i] = _mm512_max_ps(_mm512_set1_ps(-87.0f), w.v[i]);
+  CLIF_EACH x[i] = _mm512_min_ps(_mm512_set1_ps(88.0f), x[i]);
+  CLIF_EACH n[i] = _mm512_roundscale_ps(_mm512_mul_ps(x[i], _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  CLIF_EACH r[i] = _mm512_fnmadd_ps(n[i], _mm512_set1_ps(0.693359375f), x[i]);  // exact
+  CLIF_EACH r[i] = _mm512_fmadd_ps(n[i], _mm512_set1_ps(2.12194440054690583e-4f), r[i]);
+  CLIF_EACH q[i] = _mm512_fmadd_ps(_mm512_set1_ps(0.0013838205486536026f), r[i],
+                                   _mm512_set1_ps(0.008374955505132675f));
+  CLIF_EACH q[i] = _mm512_fmadd_ps(q[i], r[i], _mm512_set1_ps(0.041668206453323364f));
+  CLIF_EACH q[i] = _mm512_fmadd_ps(q[i], r[i], _mm512_set1_ps(0.16666418313980103f));
+  CLIF_EACH q[i] = _mm512_fmadd_ps(q[i], r[i], _mm512_set1_ps(0.49999991059303284f));
+  CLIF_EACH q[i] = _mm512_fmadd_ps(q[i], r[i], _mm512_set1_ps(1.0f));
+  CLIF_EACH q[i] = _mm512_fmadd_ps(q[i], r[i], _mm512_set1_ps(1.0f));
+  Vec<K> e;
+  CLIF_EACH e.v[i] = _mm512_scalef_ps(q[i], n[i]);
+  return e;
 }
 
 // 16 values of a storage type to and from fp32. Storage codes: float, and the raw 16-bit

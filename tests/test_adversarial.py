@@ -290,7 +290,9 @@ def test_step_mode_is_checked_on_assignment():
 
 
 def test_surrogate_object_and_alpha_conflict():
-    Sigmoid = type("Sigmoid", (), {"alpha": 4.0})
+    # A stand-in with SpikingJelly's class name and module.
+    Sigmoid = type("Sigmoid", (), {"alpha": 4.0,
+                                   "__module__": "spikingjelly.activation_based.surrogate"})
     with pytest.raises(ValueError, match="alpha"):
         CLIFNode(surrogate_function=Sigmoid(), alpha=0.5)
     with pytest.raises(ValueError, match="surrogate"):

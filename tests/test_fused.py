@@ -45,7 +45,48 @@ def test_every_option_fp32(backend, is_clif, surrogate, v_reset, decay_input, de
 
 HALF_CASES = [(True, "rectangle", None, False, False), (True, "sigmoid", -0.2, True, False),
               (True, "atan", None, False, True), (False, "triangle", 0.1, False, False),
-              (False, "rectangle", None, True, True)]
+              (False, "rectangle", None, True, True), (True, "piecewise_exp", -0.2, False, False)]
+
+
+# The surrogates with SpikingJelly's parameters, each once with other neuron and reset options
+# (its branch does not interact with them); N = 300 runs two AVX-512 groups and a scalar tail.
+SJ_SURROGATE_CASES = [
+    (True, "piecewise_leaky_relu", dict(alpha=0.7, beta=0.05), None, False, False),
+    (False, "piecewise_leaky_relu", {}, 0.0, True, False),
+    (True, "piecewise_exp", dict(alpha=1.5), -0.2, False, True),
+    (True, "soft_sign", {}, None, True, False),
+    (False, "super_spike", dict(alpha=0.8), None, False, False),
+    (True, "erf", {}, 0.1, False, False),
+]
+
+
+@pytest.mark.parametrize("is_clif,surrogate,params,v_reset,decay_input,detach_reset",
+                         SJ_SURROGATE_CASES)
+def test_spikingjelly_surrogates(backend, is_clif, surrogate, params, v_reset, decay_input,
+                                 detach_reset):
+    check_backend(backend, is_clif, (11, 2, 150), torch.float32, tau=1.9, v_threshold=0.8,
+                  v_reset=v_reset, decay_input=decay_input, surrogate=surrogate,
+                  detach_reset=detach_reset, **params)
+
+
+def test_window_edges(backend):
+    """Inputs exactly on the windows' edges, and one float inside: the rectangle's window is
+    closed (the spec's, the paper's), piecewise_leaky_relu's is open (SpikingJelly's Rect and
+    PiecewiseLeakyReLU). With T = 1 from the initial state, h = x and grad_x is sigma'(x - 1)."""
+    dev = DEVICE[backend]
+    edges = torch.tensor([1.25, 0.75])
+    inside = torch.nextafter(edges, torch.tensor(1.0))  # the floats next to them, inside
+    x = torch.cat([edges, inside, torch.tensor([1.5, 1.0])]).view(1, -1).to(dev).requires_grad_()
+    expected = {"rectangle": [2.0, 2.0, 2.0, 2.0, 0.0, 2.0],                 # alpha 0.5
+                "piecewise_leaky_relu": [0.03, 0.03, 2.0, 2.0, 0.03, 2.0]}  # w 0.25, c 0.03
+    for surrogate, params in (("rectangle", dict(alpha=0.5)),
+                              ("piecewise_leaky_relu", dict(alpha=0.25, beta=0.03))):
+        for fn, name in itertools.product((neuron_fn(True), neuron_fn(False)),
+                                          (backend, "torch")):
+            x.grad = None
+            fn(x, surrogate=surrogate, backend=name, **params).sum().backward()
+            assert torch.equal(x.grad.cpu()[0], torch.tensor(expected[surrogate])), \
+                (surrogate, fn.__name__, name, x.grad)
 
 
 # T = 5: no checkpoint (the Triton backward once failed to compile there for half types only);
@@ -198,8 +239,8 @@ def _bwd_op(backend):
     return backends.REGISTRY[backend].op_pair().bwd
 
 
-# tau, v_threshold, v_reset, decay_input, surrogate, alpha, detach_reset, is_clif
-DEFAULTS = FusedOptions(2.0, 1.0, None, False, 0, 1.0, False, True)
+# tau, v_threshold, v_reset, decay_input, surrogate, alpha, beta, detach_reset, is_clif
+DEFAULTS = FusedOptions(2.0, 1.0, None, False, 0, 1.0, 0.0, False, True)
 
 
 def test_no_grad_saves_no_checkpoints(backend):
@@ -217,8 +258,8 @@ def _op_samples(device):
     v0, m0 = torch.randn(37, generator=g).to(device), torch.rand(37, generator=g).to(device)
     return [
         (x, None, None, *DEFAULTS, True),
-        (x, v0, m0, *FusedOptions(1.5, 0.7, -0.1, True, 1, 4.0, True, True), True),
-        (x, v0, None, *FusedOptions(3.0, 1.0, 0.0, False, 2, 2.0, False, False), True),
+        (x, v0, m0, *FusedOptions(1.5, 0.7, -0.1, True, 1, 4.0, 0.0, True, True), True),
+        (x, v0, None, *FusedOptions(3.0, 1.0, 0.0, False, 4, 0.5, 0.01, False, False), True),
     ]
 
 
@@ -277,7 +318,7 @@ def test_eager_function_matches_op_autograd(backend, is_clif):
     for via_function in (True, False):
         x, v0, m0 = (t.clone().requires_grad_() for t in (x0, v00, m00))
         args = (x, v0, m0 if is_clif else None,
-                *FusedOptions(1.7, 0.9, -0.1, True, 1, 3.0, False, is_clif), True)
+                *FusedOptions(1.7, 0.9, -0.1, True, 1, 3.0, 0.0, False, is_clif), True)
         saved = []
         with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t,
                                                       lambda t: t):

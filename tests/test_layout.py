@@ -1,6 +1,7 @@
 """The package's structure: what `import clif_kernels` loads, the op's one definition in Python
 agreeing with the C++ schemas and constants, and the runtime working without Triton."""
 import os
+import re
 import subprocess
 import sys
 
@@ -8,7 +9,7 @@ import pytest
 import torch
 
 from clif_kernels import backends, ops
-from clif_kernels.options import CKPT_EVERY, n_checkpoints
+from clif_kernels.options import CKPT_EVERY, SURROGATES, n_checkpoints
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUNTIME = {"clif_kernels", "clif_kernels.backends", "clif_kernels.extension",
@@ -25,9 +26,32 @@ def _python(code, **env):
 
 def test_import_loads_runtime_modules_only():
     out = _python("import clif_kernels, sys; print(sorted(m for m in sys.modules if "
-                  "m.startswith(('clif_kernels', 'triton', 'matplotlib'))))")
+                  "m.startswith(('clif_kernels', 'triton', 'matplotlib', 'spikingjelly'))))")
     loaded = set(eval(out))
     assert loaded <= RUNTIME, f"imported beyond the runtime: {sorted(loaded - RUNTIME)}"
+
+
+def test_surrogate_ids_agree():
+    """options.SURROGATES and csrc/clif_core.h's enum Surrogate: the same names, the same ids,
+    and the compiled op takes exactly that many."""
+    with open(os.path.join(ROOT, "csrc", "clif_core.h")) as f:
+        text = f.read()
+    body = re.search(r"enum Surrogate : int \{(.*?)\};", text, re.S).group(1)
+    enum = {re.sub(r"(?<!^)([A-Z])", r"_\1", name).lower(): int(value)
+            for name, value in re.findall(r"k(\w+) = (\d+)", body)}
+    assert enum.pop("num_surrogates") == len(SURROGATES)
+    assert enum == SURROGATES
+    pair = _compiled_pair()
+    x = torch.zeros(2, 3)
+
+    def options(sid):
+        return ops.FusedOptions(2.0, 1.0, None, False, sid, 1.0, 0.0, False, True)
+
+    last = len(SURROGATES) - 1
+    ckpt = pair.fwd(x, None, None, *options(last), True)[3]
+    pair.bwd(x, None, None, ckpt, x, None, None, *options(last))
+    with pytest.raises(RuntimeError, match="surrogate must be"):
+        pair.fwd(x, None, None, *options(last + 1), True)
 
 
 def _compiled_pair():
@@ -47,7 +71,7 @@ def test_python_and_cpp_checkpoint_constants_agree():
     """csrc/clif_core.h's kCkptEvery and n_checkpoints against options.CKPT_EVERY and
     n_checkpoints: the checkpoint tensor the C++ forward allocates for each T."""
     pair = _compiled_pair()
-    opts = ops.FusedOptions(2.0, 1.0, None, False, 0, 1.0, False, True)
+    opts = ops.FusedOptions(2.0, 1.0, None, False, 0, 1.0, 0.0, False, True)
     for T in range(0, 5 * CKPT_EVERY + 2):
         ckpt = pair.fwd(torch.zeros(T, 3), None, None, *opts, True)[3]
         assert ckpt.shape == (n_checkpoints(T), 2, 3), T
@@ -59,7 +83,8 @@ def test_gradient_padding_follows_the_argument_list():
     """autograd returns one gradient per forward argument, counted from the definition."""
     pair = _compiled_pair()
     x = torch.randn(3, 4, requires_grad=True)
-    args = (x, None, None, *ops.FusedOptions(2.0, 1.0, None, False, 0, 1.0, False, True), True)
+    args = (x, None, None, *ops.FusedOptions(2.0, 1.0, None, False, 0, 1.0, 0.0, False, True),
+            True)
     out = ops.FusedNeuron.apply(pair, *args)
     grads = ops.FusedNeuron.backward(out[0].grad_fn, torch.ones(3, 4), None, None, None)
     assert len(grads) == 1 + len(args)

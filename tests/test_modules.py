@@ -80,26 +80,51 @@ def test_state_restarts_when_batch_shape_changes():
     assert out.shape == (6, 2, 5) and node.v.shape == (2, 5)
 
 
-class Rect:  # stand-ins with SpikingJelly's class names and `alpha`
-    def __init__(self, alpha):
-        self.alpha = alpha
-
-
-class ATan(Rect):
-    pass
+def _sj_standin(name, **params):
+    """A stand-in for a SpikingJelly 2.0 surrogate object (its class name and module), so that
+    the mapping is checked where SpikingJelly is not installed; tests/test_spikingjelly.py
+    checks the real classes against SpikingJelly's neurons."""
+    cls = type(name, (), {"__module__": "spikingjelly.activation_based.surrogate"})
+    obj = cls()
+    obj.__dict__.update(params)
+    return obj
 
 
 def test_surrogate_mapping():
-    assert surrogate_spec("sigmoid", None) == ("sigmoid", None)
-    # SpikingJelly's Rect(a): height a, half-width 0.5/a = the paper's rectangle with alpha 1/a.
-    assert surrogate_spec(Rect(2.0)) == ("rectangle", 0.5)
-    assert surrogate_spec(ATan(3.0)) == ("atan", 3.0)
-    with pytest.raises(ValueError, match="unsupported surrogate"):
-        surrogate_spec(type("PiecewiseExp", (), {"alpha": 1.0})())
+    assert surrogate_spec("sigmoid", None) == ("sigmoid", None, None)
+    # SpikingJelly's Rect(a): height a on the open window |z| < 0.5/a = piecewise_leaky_relu
+    # with w = 0.5/a and c = 0 (the paper's rectangle has the closed window).
+    assert surrogate_spec(_sj_standin("Rect", alpha=2.0)) == ("piecewise_leaky_relu", 0.25, 0.0)
+    assert surrogate_spec(_sj_standin("PiecewiseLeakyReLU", w=0.5, c=0.1)) == \
+        ("piecewise_leaky_relu", 0.5, 0.1)
+    # PiecewiseQuadratic(a): a - a^2 |z| = the triangle with alpha 1/a.
+    assert surrogate_spec(_sj_standin("PiecewiseQuadratic", alpha=4.0)) == ("triangle", 0.25, None)
+    for name, ours in (("ATan", "atan"), ("Sigmoid", "sigmoid"), ("Erf", "erf"),
+                       ("PiecewiseExp", "piecewise_exp"), ("SoftSign", "soft_sign"),
+                       ("SuperSpike", "super_spike")):
+        assert surrogate_spec(_sj_standin(name, alpha=3.0)) == (ours, 3.0, None)
+    with pytest.raises(ValueError, match="spiking=False"):
+        surrogate_spec(_sj_standin("Sigmoid", alpha=4.0, spiking=False))
+    with pytest.raises(ValueError, match="must be > 0"):
+        surrogate_spec(_sj_standin("Rect", alpha=0.0))
+    # Only SpikingJelly's classes: a look-alike elsewhere, or an unknown one, is refused.
+    for obj in (type("PiecewiseExp", (), {"alpha": 1.0})(), _sj_standin("QPseudoSpike", alpha=2.0)):
+        with pytest.raises(ValueError, match="unsupported surrogate.*rectangle.*Rect"):
+            surrogate_spec(obj)
     with pytest.raises(ValueError, match="step_mode"):
         CLIFNode(step_mode="x")
     with pytest.raises(TypeError, match="store_state_seqs"):
         CLIFNode(store_state_seqs="yes")
+
+
+def test_spikingjelly_attribute_names():
+    node = LIFNode(tau=3.0, v_threshold=0.5, v_reset=-0.1, decay_input=False,
+                   detach_reset=True, surrogate="piecewise_leaky_relu", alpha=0.3, beta=0.02)
+    assert (node.tau, node.v_threshold, node.v_reset, node.decay_input, node.detach_reset) == \
+        (3.0, 0.5, -0.1, False, True)
+    assert (node.opts.alpha, node.opts.beta) == (0.3, 0.02)
+    with pytest.raises(AttributeError):  # read-only: the options are validated once
+        node.tau = 2.0
 
 
 def test_clif_to_lif():
@@ -142,6 +167,7 @@ def test_matches_spikingjelly(alpha):
     torch.testing.assert_close(m1, m2)
     torch.testing.assert_close(g1, g2)
     assert ours[1].v is None
+    assert sj_surrogate.Rect(alpha=alpha).alpha == alpha  # the object is left as it was
 
 
 class _Block(nn.Module):

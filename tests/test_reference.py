@@ -12,7 +12,7 @@ from clif_kernels.tools.verify import neuron_fn, random_problem, rel_err, run_wi
 from clif_kernels.options import make_options
 from clif_kernels import reference
 
-SURROGATES = ("rectangle", "sigmoid", "atan", "triangle")
+SURROGATES = tuple(clif_kernels.SURROGATES)
 
 
 def _sig(z):
@@ -49,7 +49,18 @@ def spec_forward_backward(x, v0, m0, gs, gvT, gmT, opts, is_clif):
             return alpha * g * (1 - g)
         if opts.surrogate == "atan":
             return (alpha / 2) / (1 + (math.pi / 2 * alpha * z) ** 2)
-        return np.maximum(0, 1 / alpha - np.abs(z) / alpha ** 2)
+        if opts.surrogate == "triangle":
+            return np.maximum(0, 1 / alpha - np.abs(z) / alpha ** 2)
+        if opts.surrogate == "piecewise_leaky_relu":
+            return np.where(np.abs(z) < alpha, 1 / (2 * alpha), opts.beta)
+        if opts.surrogate == "piecewise_exp":
+            return alpha / 2 * np.exp(-alpha * np.abs(z))
+        if opts.surrogate == "soft_sign":
+            return 1 / (2 * alpha * (1 / alpha + np.abs(z)) ** 2)
+        if opts.surrogate == "super_spike":
+            return alpha / (1 + np.abs(z)) ** 2
+        assert opts.surrogate == "erf", opts.surrogate
+        return alpha / math.sqrt(math.pi) * np.exp(-(alpha * z) ** 2)
 
     gv, gm = gvT.copy(), (gmT.copy() if is_clif else np.zeros_like(gvT))
     gx = np.zeros_like(x)
@@ -106,19 +117,29 @@ class _SmoothSpike(torch.autograd.Function):
     differences see exactly the derivative the surrogate claims."""
 
     @staticmethod
-    def forward(ctx, h, v_threshold, surrogate, alpha):
+    def forward(ctx, h, v_threshold, surrogate, alpha, beta=0.0):
         ctx.save_for_backward(h)
-        ctx.params = (v_threshold, surrogate, alpha)
+        ctx.params = (v_threshold, surrogate, alpha, beta)
         z = h - v_threshold
         if surrogate == "sigmoid":
             return torch.sigmoid(alpha * z)
-        return torch.atan(math.pi / 2 * alpha * z) / math.pi + 0.5
+        if surrogate == "atan":
+            return torch.atan(math.pi / 2 * alpha * z) / math.pi + 0.5
+        if surrogate == "piecewise_exp":
+            return torch.where(z >= 0, 1 - torch.exp(-alpha * z) / 2, torch.exp(alpha * z) / 2)
+        if surrogate == "soft_sign":
+            return (torch.nn.functional.softsign(alpha * z) + 1) / 2
+        if surrogate == "super_spike":
+            return alpha * z / (1 + z.abs())
+        assert surrogate == "erf", surrogate
+        return torch.erfc(-alpha * z) / 2
 
     backward = reference.SpikeFn.backward
 
 
 @pytest.mark.parametrize("is_clif", [True, False])
-@pytest.mark.parametrize("surrogate", ["sigmoid", "atan"])
+@pytest.mark.parametrize("surrogate", ["sigmoid", "atan", "piecewise_exp", "soft_sign",
+                                       "super_spike", "erf"])
 @pytest.mark.parametrize("v_reset,decay_input", [(None, False), (-0.3, False), (None, True)])
 def test_reference_gradcheck(monkeypatch, is_clif, surrogate, v_reset, decay_input):
     """gradcheck of every path of the reference's graph (membrane, reset, complementary

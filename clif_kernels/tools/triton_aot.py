@@ -18,6 +18,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from .. import triton_kernels as tk
+from ..options import SURROGATES
 
 _FWD_FLAGS = ("HAS_V0", "HAS_M0", "HARD_RESET", "IS_CLIF", "SAVE_CKPT")
 _BWD_FLAGS = ("HAS_V0", "HAS_M0", "HAS_GS", "HAS_GVT", "HAS_GMT", "HARD_RESET", "IS_CLIF",
@@ -50,9 +51,14 @@ def variants():
             ce = dict(HAS_V0=present, HAS_M0=present, SAVE_CKPT=present, HARD_RESET=hard,
                       IS_CLIF=clif, K=tk.CKPT_EVERY, BLOCK=tk.FWD_BLOCK)
             out.append((tk.clif_fwd_kernel, ce, "fp32", "fp32"))
-    for i, (hard, clif, detach, surrogate) in enumerate(
-            itertools.product([False, True], [False, True], [False, True], range(4))):
-        present = i % 2 == 0
+    # The surrogate's branch does not interact with the flags: each flag combination once (the
+    # surrogates in turn), then each surrogate in the heaviest combination (CLIF, hard reset,
+    # reset gradient kept, every input present), where a spill would show first.
+    n_sg = len(SURROGATES)
+    combos = [(hard, clif, detach, i % n_sg, i % 2 == 0) for i, (hard, clif, detach) in
+              enumerate(itertools.product([False, True], [False, True], [False, True]))]
+    combos += [(True, True, False, sg, True) for sg in range(n_sg)]
+    for hard, clif, detach, surrogate, present in combos:
         ce = dict(HAS_V0=present, HAS_M0=present, HAS_GS=present, HAS_GVT=present,
                   HAS_GMT=present, HARD_RESET=hard, IS_CLIF=clif, DETACH_RESET=detach,
                   SURROGATE=surrogate, K=tk.CKPT_EVERY, BLOCK=tk.BWD_BLOCK)

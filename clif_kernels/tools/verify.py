@@ -18,9 +18,9 @@ from ..reference import neuron_reference
 # ulps of the storage dtype (bf16 ulp 2^-8, fp16 ulp 2^-11).
 RTOL = {torch.float64: 1e-12, torch.float32: 2e-5,
         torch.bfloat16: 4 * 2.0 ** -8, torch.float16: 4 * 2.0 ** -11}
-# A neuron whose reference h comes this close to a jump of the spike (the threshold) or of the
-# rectangle surrogate (threshold +- alpha/2) is left out of the exact comparison: fp32 rounding
-# may put it on either side.
+# A neuron whose reference h comes this close to a jump of the spike (the threshold) or of a
+# surrogate (the edges of the rectangle and piecewise_leaky_relu windows) is left out of the
+# exact comparison: fp32 rounding may put it on either side.
 NEAR = 1e-4
 QUANTITIES = ("spikes", "vT", "mT", "grad_x", "grad_v0", "grad_m0")
 
@@ -82,8 +82,10 @@ def reference64(is_clif, x, v0, m0, grads, **params):
     opts = make_options(**params)
     h = neuron_reference(up(x), opts, clif=is_clif, v0=up(v0), m0=up(m0), return_h=True)[-1]
     th = opts.v_threshold
-    points = [th] + ([th - opts.alpha / 2, th + opts.alpha / 2]
-                     if opts.surrogate == "rectangle" else [])
+    # The surrogates with a jump: the rectangle at th -+ alpha/2, piecewise_leaky_relu at
+    # th -+ alpha (its window's half-width).
+    edge = {"rectangle": opts.alpha / 2, "piecewise_leaky_relu": opts.alpha}.get(opts.surrogate)
+    points = [th] + ([th - edge, th + edge] if edge is not None else [])
     near = torch.zeros(h.shape, dtype=torch.bool, device=h.device)
     for p in points:
         near |= (h - p).abs() < NEAR * max(1.0, abs(p))
