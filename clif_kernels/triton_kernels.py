@@ -51,11 +51,12 @@ def _neuron_step(b_v, b_m, b_x, gamma, c, b, inv_tau, th, v_reset,
 
 
 @triton.jit
-def _surrogate_grad(z, alpha, beta, SURROGATE: tl.constexpr):
+def _surrogate_grad(z, alpha, inv_alpha, beta, SURROGATE: tl.constexpr):
     """sigma'(z) for the surrogate with id SURROGATE (options.SURROGATES; spec, Surrogate
-    derivatives): a constexpr, so each kernel compiles only its own branch."""
+    derivatives): a constexpr, so each kernel compiles only its own branch. `inv_alpha` is
+    1 / alpha, divided once per program by the caller rather than per step."""
     if SURROGATE == 0:  # rectangle
-        g = tl.where(tl.abs(z) <= 0.5 * alpha, 1.0 / alpha, 0.0)
+        g = tl.where(tl.abs(z) <= 0.5 * alpha, inv_alpha, 0.0)
     elif SURROGATE == 1:  # sigmoid
         sg = _sigmoid(alpha * z)
         g = alpha * sg * (1.0 - sg)
@@ -63,9 +64,9 @@ def _surrogate_grad(z, alpha, beta, SURROGATE: tl.constexpr):
         w = 1.5707963267948966 * alpha * z
         g = 0.5 * alpha / (1.0 + w * w)
     elif SURROGATE == 3:  # triangle
-        g = tl.maximum(1.0 / alpha - tl.abs(z) / (alpha * alpha), 0.0)
+        g = tl.maximum(inv_alpha - tl.abs(z) / (alpha * alpha), 0.0)
     elif SURROGATE == 4:  # piecewise_leaky_relu: open window |z| < w = alpha; beta outside
-        g = tl.where(tl.abs(z) < alpha, 0.5 / alpha, beta)
+        g = tl.where(tl.abs(z) < alpha, 0.5 * inv_alpha, beta)
     elif SURROGATE == 5:  # piecewise_exp
         g = 0.5 * alpha * tl.exp(-alpha * tl.abs(z))
     elif SURROGATE == 6:  # soft_sign
@@ -132,6 +133,7 @@ def clif_bwd_kernel(x_ptr, v0_ptr, m0_ptr, ckpt_ptr, gs_ptr, gvT_ptr, gmT_ptr,
     pid = tl.program_id(0)
     p_n = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = p_n < N
+    inv_alpha = 1.0 / alpha
     b_gv = _initial_state(gvT_ptr, p_n, mask, 0.0, HAS_GVT, BLOCK)
     b_gm = _initial_state(gmT_ptr, p_n, mask, 0.0, HAS_GMT, BLOCK)
     # Row index of the [K, BLOCK] tiles; each thread holds all K rows of its neurons, so the
@@ -194,7 +196,7 @@ def clif_bwd_kernel(x_ptr, v0_ptr, m0_ptr, ckpt_ptr, gs_ptr, gvT_ptr, gmT_ptr,
                     b_gh = b_gv * (1.0 - b_s)
                 else:
                     b_gh = b_gv
-                b_gh += b_gs1 * _surrogate_grad(b_h - th, alpha, beta, SURROGATE)
+                b_gh += b_gs1 * _surrogate_grad(b_h - th, alpha, inv_alpha, beta, SURROGATE)
                 if IS_CLIF:
                     b_gh += b_gm1 * b_mp * b_a * (1.0 - b_a) * inv_tau
                     b_gm = b_gm1 * b_a

@@ -193,7 +193,7 @@ CLIF_HD void surrogate_grads(const Params<acc_t>& p, const vec_t* h, vec_t* out)
     case kRectangle:
 CLIF_LANES
       for (int l = 0; l < L; ++l) {
-        out[l] = box(h[l] - th, vec_t(acc_t(0.5) * al), vec_t(acc_t(1) / al));
+        out[l] = box(h[l] - th, vec_t(acc_t(0.5) * al), vec_t(p.inv_alpha));
       }
       break;
     case kSigmoid:
@@ -213,7 +213,7 @@ CLIF_LANES
     case kTriangle:
 CLIF_LANES
       for (int l = 0; l < L; ++l) {
-        const vec_t g = acc_t(1) / al - abs_value(h[l] - th) / (al * al);
+        const vec_t g = p.inv_alpha - abs_value(h[l] - th) / (al * al);
         out[l] = relu(g);
       }
       break;
@@ -221,7 +221,7 @@ CLIF_LANES
       // 1/(2w) inside the open window |z| < w (alpha = w), c (beta) outside and on its edges.
 CLIF_LANES
       for (int l = 0; l < L; ++l) {
-        out[l] = window(h[l] - th, vec_t(al), vec_t(acc_t(0.5) / al), vec_t(p.beta));
+        out[l] = window(h[l] - th, vec_t(al), vec_t(p.half_inv_alpha), vec_t(p.beta));
       }
       break;
     case kPiecewiseExp:

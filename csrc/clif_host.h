@@ -117,6 +117,9 @@ Params<acc_t> make_params(const OpOptions& o) {
   p.v_init = static_cast<acc_t>(vr);
   p.alpha = static_cast<acc_t>(o.alpha);
   p.beta = static_cast<acc_t>(o.beta);
+  // In acc_t, as the kernels divided before: the same bits.
+  p.inv_alpha = acc_t(1) / p.alpha;
+  p.half_inv_alpha = acc_t(0.5) / p.alpha;
   p.surrogate = static_cast<int>(o.surrogate);
   p.hard = hard;
   p.keep_reset = !o.detach_reset;

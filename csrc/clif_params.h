@@ -25,6 +25,10 @@ struct Params {
   acc_t v_init;   // v before step 0 when no v0 is given
   acc_t alpha;    // surrogate width/steepness
   acc_t beta;     // the surrogate's second parameter (piecewise_leaky_relu's c), else 0
+  // 1/alpha and 0.5/alpha, divided once here rather than per element in the loops (a
+  // division's slow-path check keeps the GPU compiler from hoisting it out of them).
+  acc_t inv_alpha;
+  acc_t half_inv_alpha;
   int surrogate;    // Surrogate (clif_core.h)
   bool hard;        // a hard reset (to v_reset)
   bool keep_reset;  // false when detach_reset: the reset terms carry no gradient

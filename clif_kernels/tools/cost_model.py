@@ -146,10 +146,26 @@ def loop_paths(insns):
     head, tail = loop
     blocks = [b for b in _blocks(insns) if head <= b[0].addr <= tail]
     index = {b[0].addr: k for k, b in enumerate(blocks)}
+    # A jump table (BRX: the surrogate switch) has no targets in the listing. Its cases are the
+    # blocks after it, up to the next BRX, that nothing else reaches: no branch targets them
+    # and the block before them ends in an unconditional transfer.
+    targets = {i.target() for i in insns if i.base == "BRA" and i.target() is not None}
+
+    def orphan(k):
+        prev = blocks[k - 1][-1]
+        return (blocks[k][0].addr not in targets and not prev.pred
+                and prev.base in ("BRA", "BRX", "EXIT", "RET"))
+
     succ = []
     for k, b in enumerate(blocks):
         last, nxt = b[-1], []
-        if last.base == "BRA" and last.target() is not None:
+        if last.base == "BRX":
+            for j in range(k + 1, len(blocks)):
+                if blocks[j - 1][-1].base == "BRX" and j > k + 1:
+                    break
+                if j == k + 1 or orphan(j):
+                    nxt.append(j)
+        elif last.base == "BRA" and last.target() is not None:
             t = last.target()
             if t in index and index[t] > k:
                 nxt.append(index[t])
