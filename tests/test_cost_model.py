@@ -125,3 +125,29 @@ def test_path_walk_on_a_small_listing():
     assert fast["cold_blocks"] == slow["cold_blocks"] == 1
     assert fast["stg_bytes"] == 16 and fast["ldg_bytes"] == 16
     assert paths["in_flight_bytes"] == 16
+
+
+def test_path_walk_through_a_jump_table():
+    """A switch compiled to a jump table (BRX): its cases are the blocks after it that nothing
+    else reaches; the fast path takes the cheapest, the slow path the dearest."""
+    sass = """
+        Function : k
+        /*0000*/                   MOV R1, c[0x0][0x28] ;
+        /*0010*/                   LDG.E R4, desc[UR4][R2.64] ;
+        /*0020*/                   LDC R6, c[0x2][R5] ;
+        /*0030*/                   BRX R6 -0x40 ;
+        /*0040*/                   FADD R8, R4, 1 ;
+        /*0050*/                   BRA 0xb0 ;
+        /*0060*/                   MUFU.EX2 R8, R4 ;
+        /*0070*/                   MUFU.RCP R8, R8 ;
+        /*0080*/                   MUFU.EX2 R8, R8 ;
+        /*0090*/                   BRA 0xb0 ;
+        /*00a0*/                   NOP ;
+        /*00b0*/                   STG.E desc[UR4][R2.64], R8 ;
+        /*00c0*/               @P3 BRA 0x10 ;
+        /*00d0*/                   EXIT ;
+    """
+    (insns,) = cost_model.parse_sass(sass).values()
+    paths = cost_model.loop_paths(insns)
+    assert paths["fast"]["mufu"] == 0 and paths["slow"]["mufu"] == 3
+    assert paths["fast"]["stg_bytes"] == paths["slow"]["stg_bytes"] == 4
