@@ -23,7 +23,8 @@ def main(argv=None):
     check.add_argument("--neurons", type=int, default=None,
                        help="N (default 3000 on the CPU, 1000003 on a GPU)")
     check.add_argument("--seed", type=int, default=0)
-    sub.add_parser("bench", help="benchmark sweep (see --help of the command)", add_help=False)
+    sub.add_parser("bench", help="benchmark sweep of the neuron; with --model resnet18, a spiking "
+                   "ResNet-18's training step (see --help of the command)", add_help=False)
     sub.add_parser("demo", help="CLIF vs LIF on a task that needs memory (CPU, ~2 minutes)",
                    add_help=False)
     if argv[:1] == ["bench"]:

@@ -10,6 +10,7 @@ measured in the same run.
 
     python -m clif_kernels bench --quick           # CPU-sized, about a minute on 2 cores
     python benchmarks/bench.py --out benchmarks/results
+    python -m clif_kernels bench --model resnet18  # a spiking ResNet-18's training (bench_model)
 """
 from __future__ import annotations
 
@@ -286,8 +287,15 @@ def summary(rows):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if any(a == "--model" or a.startswith("--model=") for a in argv):
+        from .bench_model import main as model_main  # a model's training step instead
+        return model_main(argv)
     parser = argparse.ArgumentParser(prog="python -m clif_kernels bench",
                                      description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", choices=["resnet18"], default=None,
+                        help="benchmark a spiking ResNet-18's training step instead (see "
+                             "`bench --model resnet18 --help`)")
     parser.add_argument("--quick", action="store_true", help="small sweep (CPU: ~1 minute)")
     parser.add_argument("--providers", default=",".join(PROVIDERS))
     parser.add_argument("--modes", default=",".join(MODES))

@@ -1,5 +1,6 @@
 """Plot a benchmark CSV: time per training step of the neuron against N at T = 8, one panel per
-dtype, one line per provider. Needs matplotlib.
+dtype, one line per provider (`plot_csv`); or the model benchmark's bars (`plot_model_csv`).
+Needs matplotlib.
 
     python benchmarks/plot.py benchmarks/results/bench_gpu.csv
 """
@@ -36,6 +37,49 @@ def plot_csv(csv_path, png_path=None, T=8, mode="fwd+bwd"):
     fig.tight_layout()
     png_path = png_path or csv_path.rsplit(".", 1)[0] + ".png"
     fig.savefig(png_path, dpi=120)
+    plt.close(fig)
+    return png_path
+
+
+def plot_model_csv(csv_path, png_path=None):
+    """The model benchmark's CSV (`bench --model resnet18`): one column of panels per (dtype, T),
+    rows for the training step's time, its peak memory and, when measured, the largest batch;
+    one bar per provider."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(csv_path) as f:
+        rows = list(csv.DictReader(f))
+    keys = sorted({(r["dtype"], int(r["T"])) for r in rows},
+                  key=lambda k: (k[0] != "float32", -k[1]))
+    gpu = bool(rows) and not rows[0]["device"].startswith("cpu")
+    metrics = [("ms", "training step (ms)"),
+               ("peak_mb", "peak memory (MB)" if gpu else "peak RSS growth (MB)")]
+    if any(r.get("max_batch") for r in rows):
+        metrics.append(("max_batch", f"largest batch in {rows[0]['budget_gib']} GiB"))
+    fig, axes = plt.subplots(len(metrics), max(len(keys), 1),
+                             figsize=(5 * max(len(keys), 1), 3.2 * len(metrics)), squeeze=False)
+    for j, (dt, T) in enumerate(keys):
+        case = [r for r in rows if r["dtype"] == dt and int(r["T"]) == T]
+        for i, (key, label) in enumerate(metrics):
+            ax = axes[i][j]
+            pts = [(r["provider"], float(r[key])) for r in case if r.get(key)]
+            colors = ["tab:orange" if p.startswith("spikingjelly") else
+                      "tab:green" if p in ("triton", "cuda", "cpp", "lif") else "tab:gray"
+                      for p, _ in pts]
+            ax.barh([p for p, _ in pts], [v for _, v in pts], color=colors)
+            ax.invert_yaxis()
+            ax.set_xlabel(label)
+            ax.grid(True, axis="x", alpha=0.3)
+            if i == 0:
+                ax.set_title(f"{dt}, T={T}, batch {case[0]['batch']}")
+    if rows:
+        fig.suptitle(f"Spiking ResNet-18 training, {rows[0]['device']} ({rows[0]['date']}, "
+                     f"git {rows[0]['git']})")
+    fig.tight_layout()
+    png_path = png_path or csv_path.rsplit(".", 1)[0] + ".png"
+    fig.savefig(png_path, dpi=110)
     plt.close(fig)
     return png_path
 

@@ -1,0 +1,823 @@
+"""What a user's training run gains: a spiking ResNet-18 (`tools/models.py`) trained with SGD on
+synthetic data, with the neuron swapped between providers.
+
+    python -m clif_kernels bench --model resnet18 --quick --out benchmarks/results   # CPU, < 2 min
+    python -m clif_kernels bench --model resnet18 --out benchmarks/results           # GPU, < 5 min
+
+Providers (CLIF neuron, soft reset, tau = 2, rectangle surrogate, unless said):
+  naive                the per-step eager loop (the paper's authors' way), `benchmark.naive_clif`
+  compiled             torch.compile of the whole model with the loop neuron
+  spikingjelly         SpikingJelly 2.0 `ComplementaryLIFNode(step_mode="m")`
+  spikingjelly+memopt  the same after SpikingJelly's `memopt.optimize_memory(level=1)`: every
+                       block checkpointed, spike inputs stored as 1 bit
+  torch                our reference backend (loop in fp32, autograd backward)
+  triton, cuda, cpp    our fused backends
+  lif                  our LIF neuron (SpikingJelly's LIFNode defaults), fastest backend here:
+                       what CLIF costs over LIF
+Each provider builds the same weights from the same seed and trains on the same data; the tests
+check that every provider's model computes the reference model's loss and gradients.
+
+For each provider, dtype (float32, or bfloat16 under autocast) and T, one row: the median time of
+a training step (forward, backward, optimizer step), the peak memory of training, the neuron's
+share of the step (profiler), and on a GPU the largest batch whose training step fits a fixed
+memory budget. Peak memory, `peak_mb`: on a GPU, `max_memory_allocated` over the timed steps
+minus what was allocated before the first step (model, optimizer, data); on the CPU, the growth
+of the process's resident memory (VmHWM - VmRSS in /proc/self/status, the high-water mark reset
+through /proc/self/clear_refs just before the first step) over all steps, each case in a fresh
+process so that no provider inherits another's high-water mark or freed-but-kept memory.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import gc
+import importlib.metadata
+import os
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..backends import resolve_backend, unavailable_reason
+from . import benchmark
+from .models import NEURON_RANGE, BasicBlock, SpikingResNet18, Stem
+
+PROVIDERS = ("naive", "compiled", "spikingjelly", "spikingjelly+memopt", "torch", "triton",
+             "cuda", "cpp", "lif")
+FUSED = ("triton", "cuda", "cpp")
+DTYPES = ("float32", "bfloat16")
+COLUMNS = ["device", "model", "provider", "neuron", "impl", "dtype", "T", "batch", "width", "ms",
+           "ms_min", "ms_max", "steps", "peak_mb", "neuron_share", "max_batch", "budget_gib",
+           "loss", "load1", "torch", "triton", "spikingjelly", "git", "date"]
+STEP_RANGE = "clif_kernels.train_step"
+IMAGE = (3, 32, 32)
+
+
+class LoopCLIF(nn.Module):
+    """The per-step eager loop as a multi-step module (state in the input's dtype)."""
+
+    def forward(self, x_seq):
+        return benchmark.naive_clif(x_seq)
+
+
+def _spikingjelly():
+    """(neuron module, None) or (None, why not)."""
+    try:
+        from spikingjelly.activation_based import neuron
+    except Exception as e:  # not installed, or an import-time dependency is missing
+        return None, f"spikingjelly is not importable ({type(e).__name__}: {e})"
+    if not hasattr(neuron, "ComplementaryLIFNode"):
+        return None, "this SpikingJelly has no ComplementaryLIFNode (SpikingJelly 2.0 has)"
+    return neuron, None
+
+
+def _memopt():
+    try:
+        from spikingjelly.activation_based.memopt import optimize_memory
+    except Exception as e:
+        return None, (f"spikingjelly.activation_based.memopt is not importable "
+                      f"({type(e).__name__}: {e})")
+    return optimize_memory, None
+
+
+def spikingjelly_version():
+    try:
+        return importlib.metadata.version("spikingjelly")
+    except importlib.metadata.PackageNotFoundError:
+        return ""
+
+
+def why_not(provider, device, dtype=torch.float32):
+    """None when `provider` can run on `device`, else a sentence saying why not."""
+    if provider not in PROVIDERS:
+        return f"unknown provider {provider!r}"
+    if provider.startswith("spikingjelly"):
+        _, why = _spikingjelly()
+        if why is None and provider.endswith("memopt"):
+            _, why = _memopt()
+        return why
+    if provider == "triton" and device.type != "cuda":
+        return "timings of Triton's interpreter mean nothing"
+    if provider in ("torch", "cuda", "cpp"):
+        return unavailable_reason(provider, device, dtype)
+    return None
+
+
+def make_neuron_factory(provider, device, dtype=torch.float32):
+    """A zero-argument callable returning one multi-step neuron module for `provider`, and the
+    name of what runs it (the `impl` column)."""
+    from .. import CLIFNode, LIFNode
+    if provider in ("naive", "compiled"):
+        return LoopCLIF, "loop"
+    if provider.startswith("spikingjelly"):
+        neuron, why = _spikingjelly()
+        if why:
+            raise RuntimeError(why)
+        return (lambda: neuron.ComplementaryLIFNode(step_mode="m")), "spikingjelly"
+    if provider == "lif":
+        backend = resolve_backend("auto", device, dtype)
+        return (lambda: LIFNode(step_mode="m", backend=backend)), backend
+    return (lambda: CLIFNode(step_mode="m", backend=provider)), provider
+
+
+def reference_factory(provider):
+    """The reference-neuron module a provider's model must agree with (our `torch` backend:
+    the CLIF reference, or the LIF reference for `lif`)."""
+    from .. import CLIFNode, LIFNode
+    if provider == "lif":
+        return lambda: LIFNode(step_mode="m", backend="torch")
+    return lambda: CLIFNode(step_mode="m", backend="torch")
+
+
+def build(provider, device, width, seed=0, dtype=torch.float32, example=None,
+          make_neuron=None):
+    """(model, runner): the spiking ResNet-18 with `provider`'s neuron, weights drawn from
+    `seed` (the same for every provider), and the callable that trains it (the model itself, or
+    its torch.compile for `compiled`). `example`: an input for SpikingJelly's memory optimiser,
+    which probes the model once to find the blocks whose input is binary."""
+    impl = None
+    if make_neuron is None:
+        make_neuron, impl = make_neuron_factory(provider, device, dtype)
+    torch.manual_seed(seed)
+    model = SpikingResNet18(make_neuron, width=width, label=provider != "compiled")
+    model = model.to(device=device, dtype=dtype)
+    if provider == "spikingjelly+memopt":
+        optimize_memory, why = _memopt()
+        if why:
+            raise RuntimeError(why)
+        if example is None:
+            raise ValueError("spikingjelly+memopt needs an example input")
+
+        def example_forward(m):
+            m.reset_neurons()
+            return m(example)
+        # Level 1: the memory-budget setting checkpoints every candidate block and stores its
+        # input at 1 bit per spike when the probe finds it binary. Levels 2-4 add searches that
+        # need CUDA and a user's split/chunk rules.
+        optimize_memory(model, (Stem, BasicBlock), example_forward, level=1,
+                        checkpoint_budget="memory", compress=True)
+        model.reset_neurons()
+    runner = torch.compile(model) if provider == "compiled" else model
+    model.impl = impl
+    return model, runner
+
+
+def make_data(T, batch, device, seed=0, dtype=torch.float32, classes=10):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn((T, batch) + IMAGE, generator=g).to(device=device, dtype=dtype)
+    y = torch.randint(0, classes, (batch,), generator=g).to(device)
+    return x, y
+
+
+def make_optimizer(model):
+    return torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+
+
+def loss_of(model, runner, x, y, amp):
+    """Forward and loss from rest, under bf16 autocast when `amp` (the cross-entropy in fp32,
+    or fp64 for a float64 model)."""
+    model.reset_neurons()
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+        logits = runner(x)
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()
+    return F.cross_entropy(logits, y)
+
+
+def train_step(model, runner, opt, x, y, amp):
+    opt.zero_grad(set_to_none=True)
+    loss = loss_of(model, runner, x, y, amp)
+    loss.backward()
+    opt.step()
+    model.reset_neurons()  # the carried final states hold memory until the next step otherwise
+    return loss.detach()
+
+
+# checkpoint_wrapper (SpikingJelly's memopt) inserts this into the names it reports.
+_WRAPPED = "_checkpoint_wrapped_module."
+
+
+def loss_and_grads(provider, device, dtype, *, T, batch, width, seed=0, make_neuron=None):
+    """The loss and every parameter's gradient of one forward and backward of `provider`'s
+    model on the benchmark's weights and data (no optimizer step), at `dtype` without autocast:
+    what the tests hold equal across providers."""
+    x, y = make_data(T, batch, device, seed, dtype)
+    model, runner = build(provider, device, width, seed, dtype, example=x[:, :2],
+                          make_neuron=make_neuron)
+    loss = loss_of(model, runner, x, y, amp=False)
+    loss.backward()
+    model.reset_neurons()
+    return loss.detach(), {n.replace(_WRAPPED, ""): p.grad for n, p in model.named_parameters()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory
+
+
+def _proc_status_kib(key):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{key} not in /proc/self/status")
+
+
+class PeakMemory:
+    """Peak memory of what runs between `start()` and `peak_mib()`, above what was held at
+    `start()`: the CUDA caching allocator's allocated bytes on a GPU, the process's resident set
+    on the CPU (Linux /proc; its high-water mark is reset at `start()`)."""
+
+    def __init__(self, device):
+        self.device = device
+        self.base = 0
+
+    def start(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.base = torch.cuda.memory_allocated(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return
+        gc.collect()
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # resets VmHWM to the current VmRSS
+        except OSError:
+            pass  # then VmHWM since the process started: still right in a fresh process
+        self.base = _proc_status_kib("VmRSS") * 1024
+
+    def peak_mib(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            peak = torch.cuda.max_memory_allocated(self.device)
+        else:
+            peak = _proc_status_kib("VmHWM") * 1024
+        return (peak - self.base) / 2**20
+
+
+# ---------------------------------------------------------------------------------------------
+# The neuron's share of a step (profiler)
+
+_EVAL = "autograd::engine::evaluate_function: "
+
+
+def neuron_labeller(events):
+    """A function telling, for each event of a profiled training step, whether its own time is
+    the neuron's.
+
+    Forward: everything inside a NEURON_RANGE. Backward: each autograd node's evaluation is
+    matched to the forward op that created it by (thread, sequence number), and is the neuron's
+    when that op ran inside a NEURON_RANGE. A recomputation inside the backward (checkpointing)
+    is attributed op by op the same way. Any other event takes the label of its parent."""
+    events = list(events)
+
+    def inside_eval_node(e):
+        # The node's own record inside its evaluate_function event carries the forward's
+        # sequence number too; it is not a forward op.
+        p = e.cpu_parent
+        return p is not None and p.name.startswith(_EVAL) and p.name[len(_EVAL):] == e.name
+
+    def in_neuron_range(e):
+        while e is not None:
+            if e.name == NEURON_RANGE:
+                return True
+            if e.name.startswith(_EVAL):
+                return False
+            e = e.cpu_parent
+        return False
+
+    # The op that created node (thread, seq) is the last op recorded with that number: ops
+    # that create no node leave the counter where it was.
+    creator = {}
+    for e in events:
+        if e.sequence_nr >= 0 and not e.name.startswith(_EVAL) and not inside_eval_node(e):
+            key = (e.thread, e.sequence_nr)
+            if key not in creator or e.time_range.start >= creator[key].time_range.start:
+                creator[key] = e
+    neuron_keys = {k for k, e in creator.items() if in_neuron_range(e)}
+    memo = {}
+
+    def label(e):
+        if id(e) not in memo:
+            if e.name == NEURON_RANGE:
+                out = True
+            elif e.name.startswith(_EVAL):
+                out = (e.fwd_thread, e.sequence_nr) in neuron_keys
+            elif e.sequence_nr >= 0 and not inside_eval_node(e):
+                out = (e.thread, e.sequence_nr) in neuron_keys
+            else:
+                out = label(e.cpu_parent) if e.cpu_parent is not None else False
+            memo[id(e)] = out
+        return memo[id(e)]
+    return label
+
+
+def neuron_share(events, device_time):
+    """Fraction of a profiled training step spent in the neurons (`neuron_labeller`): each
+    event's self time (CPU) or its own kernels' time (`device_time`) counts for its label; the
+    total is the step's wall time (STEP_RANGE) on the CPU, all kernels' time on a GPU."""
+    events = list(events)
+    label = neuron_labeller(events)
+    if device_time:
+        own = [(e, e.self_device_time_total) for e in events]
+        total = sum(t for _, t in own)
+    else:
+        own = [(e, e.self_cpu_time_total) for e in events]
+        total = sum(e.cpu_time_total for e in events if e.name == STEP_RANGE)
+    neuron = sum(t for e, t in own if t > 0 and label(e))
+    return neuron / total if total > 0 else float("nan")
+
+
+def profile_step(model, runner, opt, x, y, amp, device):
+    """The profiler's events of one training step (inside STEP_RANGE)."""
+    from torch.profiler import ProfilerActivity, profile, record_function
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        with record_function(STEP_RANGE):
+            train_step(model, runner, opt, x, y, amp)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    return prof.events()
+
+
+def profile_share(model, runner, opt, x, y, amp, device):
+    return neuron_share(profile_step(model, runner, opt, x, y, amp, device),
+                        device.type == "cuda")
+
+
+# ---------------------------------------------------------------------------------------------
+# Largest batch in a memory budget (GPU)
+
+
+def largest_batch(peak_at, budget, start, tolerance=0.01, max_probes=12):
+    """The largest batch B with peak_at(B) <= budget (bytes; peak_at returns None when B runs
+    out of memory), to within `tolerance` of B. Peak memory grows about linearly in B: a line
+    through the two largest fitting probes predicts where the budget ends; once a probe does
+    not fit, the bracket closes by interpolation and bisection in turn. Returns (B, probes);
+    B is 0 when not even batch 1 fits."""
+    probes = {}
+
+    def fits(b):
+        if b not in probes:
+            probes[b] = peak_at(b)
+        return probes[b] is not None and probes[b] <= budget
+
+    lo, hi = 0, None  # the largest batch that fits (0: none yet), the smallest that does not
+    b, turn = max(1, start), 0
+    while len(probes) < max_probes:
+        if fits(b):
+            lo = b
+        else:
+            hi = b
+        if hi is None:  # still growing
+            ok = sorted(k for k in probes if probes[k] is not None and probes[k] <= budget)
+            if len(ok) >= 2 and probes[ok[-1]] > probes[ok[-2]]:
+                b0, b1 = ok[-2], ok[-1]
+                slope = (probes[b1] - probes[b0]) / (b1 - b0)
+                b = max(b1 + 1, int(b1 + (budget - probes[b1]) / slope))
+            else:
+                b = 2 * b
+            continue
+        if lo == 0 and hi == 1:
+            return 0, probes
+        if hi - lo <= max(1, int(tolerance * lo)):
+            return lo, probes
+        p_lo, p_hi = (probes[lo] if lo else 0.0), probes[hi]
+        turn += 1
+        if turn % 2 == 1 and p_hi is not None and p_hi > p_lo:
+            b = lo + int((budget - p_lo) * (hi - lo) / (p_hi - p_lo))
+            b = min(max(b, lo + 1), hi - 1)
+        else:
+            b = (lo + hi) // 2 if lo else max(1, hi // 2)
+    return lo, probes
+
+
+def _peak_probe(model, runner, opt, T, amp, device, dtype):
+    """peak_at(batch) for `largest_batch`: max_memory_allocated over one training step at that
+    batch (None when it runs out of memory). Call it once the optimizer holds its momentum."""
+    def peak_at(batch):
+        x = y = None
+        try:
+            # Drawn on the device: a batch of thousands is hundreds of MB to draw on the host.
+            x = torch.randn((T, batch) + IMAGE, device=device, dtype=dtype)
+            y = torch.randint(0, 10, (batch,), device=device)
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            train_step(model, runner, opt, x, y, amp)
+            torch.cuda.synchronize(device)
+            return torch.cuda.max_memory_allocated(device)
+        except torch.OutOfMemoryError:
+            return None
+        finally:
+            del x, y
+            model.reset_neurons()
+            opt.zero_grad(set_to_none=True)
+            gc.collect()
+            torch.cuda.empty_cache()
+    return peak_at
+
+
+# ---------------------------------------------------------------------------------------------
+# One case
+
+
+def run_case(case):
+    """Measure one (provider, dtype, T) case; returns the row's measured fields."""
+    device = torch.device(case["device"])
+    provider, T, batch, width = case["provider"], case["T"], case["batch"], case["width"]
+    amp = case["dtype"] == "bfloat16"
+    x, y = make_data(T, batch, device)
+    model, runner = build(provider, device, width, example=x[:, :2])
+    opt = make_optimizer(model)
+    mem = PeakMemory(device)
+    mem.start()
+
+    def timed():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        loss = train_step(model, runner, opt, x, y, amp)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return (time.perf_counter() - t0) * 1e3, loss
+
+    first_loss = None
+    for i in range(case["warmup"]):
+        _, loss = timed()
+        if i == 0:
+            first_loss = float(loss)
+    if device.type == "cuda":
+        # The timed steps' peak (steady state: the warm-up made the optimizer's momentum and
+        # cuDNN's workspaces), still counted from what was allocated before the first step.
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    times = [timed()[0] for _ in range(case["steps"])]
+    peak = mem.peak_mib()
+    share = ""
+    if case.get("profile", True) and provider != "compiled":
+        try:
+            share = f"{profile_share(model, runner, opt, x, y, amp, device):.3f}"
+        except Exception as e:  # a profiler that records differently: keep the timings
+            sys.stderr.write(f"\nneuron share of {provider} not measured: "
+                             f"{type(e).__name__}: {e}\n")
+    max_batch = ""
+    if device.type == "cuda" and case.get("budget_gib") and provider != "compiled":
+        del x, y
+        gc.collect()
+        torch.cuda.empty_cache()
+        # Momentum buffers exist after the timed steps, so one step per probe meets the
+        # steady-state peak.
+        probe = _peak_probe(model, runner, opt, T, amp, device, torch.float32)
+        found, _ = largest_batch(probe, case["budget_gib"] * 2**30, start=batch,
+                                 tolerance=case.get("tolerance", 0.01))
+        max_batch = str(found)
+    return {"impl": model.impl or ("inductor" if provider == "compiled" else ""),
+            "neuron": "lif" if provider == "lif" else "clif",
+            "ms": f"{statistics.median(times):.2f}", "ms_min": f"{min(times):.2f}",
+            "ms_max": f"{max(times):.2f}", "steps": len(times), "peak_mb": f"{peak:.1f}",
+            "neuron_share": share, "max_batch": max_batch, "loss": f"{first_loss:.5f}"}
+
+
+RESULT = "CLIF_KERNELS_CASE_RESULT "
+
+
+def _serve():
+    """The case server (`python -m clif_kernels.tools.bench_model --serve`): imports torch,
+    this package and SpikingJelly (when installed), runs nothing else, then for each case read
+    from stdin (one JSON line) forks a child that runs it and reports one RESULT line. Each case
+    is thus a fresh process (its own resident-memory high-water mark) that does not pay the
+    imports again (about 2 s each on 2 cores)."""
+    import json
+    if _spikingjelly()[1] is None:
+        import torch._inductor  # noqa: F401  (SpikingJelly's neuron imports it on first call)
+    for line in sys.stdin:
+        case = json.loads(line)
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the case's process
+            os.close(r)
+            try:
+                msg = {"ok": run_case(case)}
+            except BaseException as e:  # reported by the parent, which goes on
+                msg = {"error": f"{type(e).__name__}: {e}"}
+            with os.fdopen(w, "w") as f:
+                f.write(json.dumps(msg))
+            os._exit(0)
+        os.close(w)
+        with os.fdopen(r) as f:
+            data = f.read()
+        _, status = os.waitpid(pid, 0)
+        if not data:
+            data = json.dumps({"error": f"the case's process ended with wait status {status}"})
+        sys.stdout.write(RESULT + data + "\n")
+        sys.stdout.flush()
+    return 0
+
+
+class _CaseServer:
+    def __init__(self):
+        import subprocess
+        self.proc = subprocess.Popen([sys.executable, "-m", "clif_kernels.tools.bench_model",
+                                      "--serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     text=True, bufsize=1)
+
+    def run(self, case, timeout):
+        import json
+        import select
+        self.proc.stdin.write(json.dumps(case) + "\n")
+        self.proc.stdin.flush()
+        deadline = time.time() + timeout
+        while True:
+            left = deadline - time.time()
+            if left <= 0 or not select.select([self.proc.stdout], [], [], left)[0]:
+                self.close(kill=True)
+                raise RuntimeError(f"case did not finish in {timeout} s")
+            line = self.proc.stdout.readline()
+            if not line:
+                code = self.proc.wait()
+                raise RuntimeError(f"the case server exited with {code}")
+            if line.startswith(RESULT):
+                msg = json.loads(line[len(RESULT):])
+                if "error" in msg:
+                    raise RuntimeError(msg["error"])
+                return msg["ok"]
+            sys.stdout.write(line)  # whatever the case printed
+
+    def close(self, kill=False):
+        if self.proc.poll() is None:
+            if kill:
+                self.proc.kill()
+            else:
+                self.proc.stdin.close()
+            self.proc.wait()
+
+
+def _run_isolated(case, timeout, server=None):
+    """run_case in a fresh process forked by `server` (a new one when None)."""
+    own = server is None
+    server = server or _CaseServer()
+    try:
+        return server.run(case, timeout)
+    finally:
+        if own:
+            server.close()
+
+
+def _meta(device):
+    return {"device": benchmark._device_name(device), "model": "resnet18",
+            "torch": torch.__version__, "triton": benchmark._triton_version(),
+            "spikingjelly": spikingjelly_version(), "git": benchmark._git_rev(),
+            "date": datetime.date.today().isoformat()}
+
+
+def run(providers, dtypes, Ts, device, *, batch, width, warmup, steps, budget_gib=None,
+        isolate=True, time_budget=None, on_row=None, rows=None, profile=True,
+        case_timeout=900):
+    """Measure every (T, dtype, provider) case, T-major in the order given, torch.compile's
+    cases after all others (so that a time budget cuts them first, then the last T); returns
+    the CSV rows (dicts), `rows` first."""
+    rows = list(rows or [])
+    meta = _meta(device)
+    skipped = {}
+    for p in providers:
+        why = why_not(p, device)
+        if why:
+            skipped[p] = why
+    runnable = [p for p in providers if p not in skipped]
+    server = _CaseServer() if isolate else None
+    cases = [(T, dt, p) for T in Ts for dt in dtypes for p in runnable if p != "compiled"]
+    cases += [(T, dt, p) for T in Ts for dt in dtypes for p in runnable if p == "compiled"]
+    start = time.time()
+    for i, (T, dt, p) in enumerate(cases):
+        if time_budget is not None and time.time() - start > time_budget:
+            sys.stderr.write(f"\ntime budget of {time_budget}s spent: {len(cases) - i} cases "
+                             "not run\n")
+            break
+        benchmark._progress(i, len(cases), f"{p} {dt} T={T} B={batch}")
+        case = {"provider": p, "dtype": dt, "T": T, "batch": batch, "width": width,
+                "warmup": warmup, "steps": steps, "device": str(device),
+                "budget_gib": budget_gib, "profile": profile}
+        load = f"{os.getloadavg()[0]:.2f}" if hasattr(os, "getloadavg") else ""
+        try:
+            res = _run_isolated(case, case_timeout, server) if isolate else run_case(case)
+        except Exception as e:  # report, keep measuring the other cases
+            sys.stderr.write(f"\n{p} {dt} T={T} failed: {type(e).__name__}: "
+                             f"{str(e)[-1500:]}\n")
+            if server is not None and server.proc.poll() is not None:
+                server = _CaseServer()  # a timed-out case took its server with it
+            continue
+        finally:
+            if not isolate:
+                gc.collect()
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+        rows.append(dict(meta, provider=p, dtype=dt, T=T, batch=batch, width=width,
+                         budget_gib=budget_gib or "", load1=load, **res))
+        if on_row:
+            on_row(rows)
+    if server is not None:
+        server.close()
+    benchmark._progress(len(cases), len(cases), "done")
+    sys.stderr.write("\n")
+    for p, why in skipped.items():
+        print(f"skipped {p}: {why}")
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Summary
+
+
+def _f(r, key):
+    try:
+        return float(r[key])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def headline(rows, dtype, T):
+    """One sentence: the fastest fused backend against SpikingJelly 2.0 (and with its memory
+    optimiser) at (dtype, T), or None when either is missing."""
+    case = {r["provider"]: r for r in rows if r["dtype"] == dtype and str(r["T"]) == str(T)}
+    fused = [p for p in FUSED if p in case]
+    sj = case.get("spikingjelly")
+    if not fused or sj is None:
+        return None
+    best = min(fused, key=lambda p: float(case[p]["ms"]))
+    b = case[best]
+    gpu = not b["device"].startswith("cpu")
+    mem_name = "peak memory" if gpu else "peak RSS growth"
+    text = (f"**{dtype}, T = {T}, batch {b['batch']}: your spiking ResNet-18 trains "
+            f"{float(sj['ms']) / float(b['ms']):.2f}x faster** (`{best}` {b['ms']} ms per step, "
+            f"SpikingJelly 2.0 {sj['ms']} ms)")
+    if _f(b, "max_batch") and _f(sj, "max_batch"):
+        text += (f" **and fits {float(b['max_batch']) / float(sj['max_batch']):.2f}x the "
+                 f"batch** ({b['max_batch']} against {sj['max_batch']} in "
+                 f"{b['budget_gib']} GiB)")
+    if _f(b, "peak_mb") and _f(sj, "peak_mb"):
+        text += (f"; {mem_name} {b['peak_mb']} MB against {sj['peak_mb']} MB "
+                 f"({1 - float(b['peak_mb']) / float(sj['peak_mb']):+.0%} less)"
+                 .replace("(+", "(").replace("(-", "(+"))
+    mo = case.get("spikingjelly+memopt")
+    if mo is not None:
+        text += (f". SpikingJelly with its memory optimiser: {mo['ms']} ms per step "
+                 f"({float(mo['ms']) / float(b['ms']):.2f}x `{best}`'s time), {mem_name} "
+                 f"{mo['peak_mb']} MB")
+        if _f(mo, "max_batch"):
+            text += f", largest batch {mo['max_batch']}"
+    return text + "."
+
+
+def summary(rows):
+    if not rows:
+        return "no rows"
+    r0 = rows[0]
+    loads = [r["load1"] for r in rows if r.get("load1")]
+    lines = [f"Device: {r0['device']}; torch {r0['torch']}, triton {r0['triton'] or '-'}, "
+             f"SpikingJelly {r0['spikingjelly'] or 'not installed'}, git {r0['git']}, "
+             f"{r0['date']}. Spiking ResNet-18 (first-stage width {r0['width']}), 3x32x32 "
+             f"synthetic inputs, SGD with momentum; median of {r0['steps']} training steps."
+             + (f" 1-minute load average at each case's start: {min(loads)}-{max(loads)}."
+                if loads else ""), ""]
+    keys = sorted({(r["dtype"], int(r["T"])) for r in rows},
+                  key=lambda k: (k[0] != "float32", -k[1]))
+    for dt, T in keys:
+        h = headline(rows, dt, T)
+        if h:
+            lines += [h, ""]
+    gpu = not r0["device"].startswith("cpu")
+    head = ["dtype", "T", "batch", "provider", "runs on", "step ms", "SpikingJelly / this",
+            "peak MB" if gpu else "peak RSS growth MB", "this / SpikingJelly", "neuron share"]
+    if gpu:
+        head += [f"largest batch ({r0['budget_gib'] or '-'} GiB)", "this / SpikingJelly"]
+    head += ["loss, step 1"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    order = {p: i for i, p in enumerate(PROVIDERS)}
+    for dt, T in keys:
+        case = sorted((r for r in rows if r["dtype"] == dt and int(r["T"]) == T),
+                      key=lambda r: order.get(r["provider"], 99))
+        sj = next((r for r in case if r["provider"] == "spikingjelly"), None)
+        for r in case:
+            def ratio(key, inverse):
+                a, b = _f(r, key), _f(sj, key) if sj else None
+                if not a or not b:
+                    return "-"
+                return f"{(b / a if inverse else a / b):.2f}x"
+            share = f"{float(r['neuron_share']):.0%}" if _f(r, "neuron_share") is not None \
+                else "-"
+            cells = [dt, str(T), str(r["batch"]), r["provider"], r["impl"] or "-", r["ms"],
+                     ratio("ms", True), r["peak_mb"] or "-", ratio("peak_mb", False), share]
+            if gpu:
+                cells += [r["max_batch"] or "-", ratio("max_batch", False)]
+            cells += [r["loss"]]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["--serve"]:
+        return _serve()
+    parser = argparse.ArgumentParser(prog="python -m clif_kernels bench --model resnet18",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="resnet18", choices=["resnet18"])
+    parser.add_argument("--quick", action="store_true",
+                        help="on the CPU: T=4, no torch.compile (under 2 minutes on 2 cores); on "
+                             "a GPU: T=8 only, 5 timed steps")
+    parser.add_argument("--providers", default=None,
+                        help=f"comma-separated, from {', '.join(PROVIDERS)} (default: all)")
+    parser.add_argument("--dtypes", default=",".join(DTYPES))
+    parser.add_argument("--T", default=None, help="time steps, e.g. 8,4 (default 8,4; quick "
+                        "on the CPU: 4)")
+    parser.add_argument("--batch", type=int, default=None,
+                        help="batch of the timed steps (default 64 on a GPU, 8 on the CPU)")
+    parser.add_argument("--width", type=int, default=64,
+                        help="first-stage width (ResNet-18: 64, the default)")
+    parser.add_argument("--warmup", type=int, default=None)
+    parser.add_argument("--steps", type=int, default=None, help="timed steps")
+    parser.add_argument("--mem-budget-gib", type=float, default=40.0,
+                        help="GPU memory budget of the largest-batch search (0: no search)")
+    parser.add_argument("--isolate", choices=["auto", "yes", "no"], default="auto",
+                        help="each case in a fresh process (auto: on the CPU, where peak "
+                             "memory is the process's resident set)")
+    parser.add_argument("--no-profile", action="store_true",
+                        help="skip the profiled step (no neuron share)")
+    parser.add_argument("--time-budget", type=float, default=None,
+                        help="stop starting new cases after this many seconds (default: 270 "
+                             "for a full GPU run, else none)")
+    parser.add_argument("--append", action="store_true",
+                        help="keep the rows already in the CSV (a later step of a GPU run)")
+    parser.add_argument("--out", default=None, help="folder for the CSV, summary and plot")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--tag", default=None, help="output files bench_TAG.csv, "
+                        "summary_TAG.md, bench_TAG.png (default model_gpu or model_cpu)")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    cpu = device.type == "cpu"
+    providers = [p for p in (args.providers or ",".join(PROVIDERS)).split(",") if p]
+    for p in providers:
+        if p not in PROVIDERS:
+            parser.error(f"unknown provider {p!r}; choose from {', '.join(PROVIDERS)}")
+    if args.quick and cpu and args.providers is None:
+        providers = [p for p in providers if p != "compiled"]
+        print("--quick on the CPU leaves out `compiled` (inductor's compile of the whole model "
+              "takes longer than the run); name it in --providers to include it")
+    quick_cpu = args.quick and cpu
+    Ts = [int(t) for t in (args.T or ("4" if quick_cpu else "8" if args.quick else "8,4"))
+          .split(",")]
+    time_budget = args.time_budget
+    if time_budget is None and not cpu and not args.quick:
+        # The full GPU run stays within about 5 minutes: no new case after 270 s (the cases of
+        # torch.compile, which compiles the model anew for each dtype and T, come last).
+        time_budget = 270.0
+    batch = args.batch or (8 if cpu else 64)
+    width = args.width
+    warmup = args.warmup if args.warmup is not None else (1 if quick_cpu else 2 if cpu else 3)
+    steps = args.steps or (5 if cpu or args.quick else 10)
+    budget = args.mem_budget_gib if (not cpu and args.mem_budget_gib > 0) else None
+    isolate = {"yes": True, "no": False, "auto": cpu}[args.isolate]
+    tag = args.tag or ("model_gpu" if not cpu else "model_cpu")
+    csv_path = os.path.join(args.out, f"bench_{tag}.csv") if args.out else None
+    previous = []
+    if csv_path:
+        os.makedirs(args.out, exist_ok=True)
+        if args.append and os.path.exists(csv_path):
+            with open(csv_path) as f:
+                previous = list(csv.DictReader(f))
+
+    def write_csv(rows):
+        with open(csv_path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    print(f"spiking ResNet-18, width {width}, batch {batch}, T {Ts}, {warmup} warm-up + "
+          f"{steps} timed steps per case, {'each case in a fresh process' if isolate else 'in this process'}"
+          + (f", largest batch in {budget:g} GiB" if budget else ""))
+    rows = run(providers, args.dtypes.split(","), Ts, device, batch=batch, width=width,
+               warmup=warmup, steps=steps, budget_gib=budget, isolate=isolate,
+               time_budget=time_budget, on_row=write_csv if csv_path else None,
+               rows=previous, profile=not args.no_profile)
+    table = summary(rows)
+    print(table)
+    if args.out:
+        with open(os.path.join(args.out, f"summary_{tag}.md"), "w") as f:
+            f.write(table + "\n")
+        print(f"wrote {csv_path} and summary_{tag}.md")
+        try:
+            from .plot import plot_model_csv
+            print(f"wrote {plot_model_csv(csv_path, os.path.join(args.out, f'bench_{tag}.png'))}")
+        except ImportError:
+            print("matplotlib is not installed: no plot")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
