@@ -143,14 +143,25 @@ CLIF_VEC Vec<K> recip(const Vec<K>& z) {
 // the Taylor series exp_host uses. Over every third fp32 z in [-30, 30] (7.4e8 values) the result
 // is within 2.5 ulp (relative 1.6e-7) of the float64 sigmoid. The clamp keeps NaN: vmaxps and
 // vminps return their second operand, z, when it is NaN.
-template <int K>
-CLIF_VEC Vec<K> sigmoid(const Vec<K>& z) {
+//
+// exp_steps: exp(w) in the registers of e, for w = z (NEGATE false) or w = -z (NEGATE true: the sigmoid's
+// exp(-z), with the negation folded into the constants instead of an instruction of its own). w
+// is clamped to [-87, 88] (exp(-87) = 1.6e-38 stands for anything smaller); NaN passes through.
+template <bool NEGATE, int K>
+CLIF_VEC void exp_steps(const Vec<K>& z, __m512* e) {
   __m512 x[K], n[K], r[K], q[K];
-  CLIF_EACH x[i] = _mm512_max_ps(_mm512_set1_ps(-88.0f), z.v[i]);
-  CLIF_EACH x[i] = _mm512_min_ps(_mm512_set1_ps(87.0f), x[i]);  // w = -x in [-87, 88]
-  CLIF_EACH n[i] = _mm512_roundscale_ps(_mm512_mul_ps(x[i], _mm512_set1_ps(-1.44269504088896341f)),
+  const float lo = NEGATE ? -88.0f : -87.0f, hi = NEGATE ? 87.0f : 88.0f;
+  const float log2e = NEGATE ? -1.44269504088896341f : 1.44269504088896341f;
+  CLIF_EACH x[i] = _mm512_max_ps(_mm512_set1_ps(lo), z.v[i]);
+  CLIF_EACH x[i] = _mm512_min_ps(_mm512_set1_ps(hi), x[i]);
+  CLIF_EACH n[i] = _mm512_roundscale_ps(_mm512_mul_ps(x[i], _mm512_set1_ps(log2e)),
                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  CLIF_EACH r[i] = _mm512_fnmsub_ps(n[i], _mm512_set1_ps(0.693359375f), x[i]);  // exact
+  // r = w - n ln2, the first part exact
+  if (NEGATE) {
+    CLIF_EACH r[i] = _mm512_fnmsub_ps(n[i], _mm512_set1_ps(0.693359375f), x[i]);
+  } else {
+    CLIF_EACH r[i] = _mm512_fnmadd_ps(n[i], _mm512_set1_ps(0.693359375f), x[i]);
+  }
   CLIF_EACH r[i] = _mm512_fmadd_ps(n[i], _mm512_set1_ps(2.12194440054690583e-4f), r[i]);
   CLIF_EACH q[i] = _mm512_fmadd_ps(_mm512_set1_ps(0.0013838205486536026f), r[i],
                                    _mm512_set1_ps(0.008374955505132675f));
@@ -159,32 +170,22 @@ CLIF_VEC Vec<K> sigmoid(const Vec<K>& z) {
   CLIF_EACH q[i] = _mm512_fmadd_ps(q[i], r[i], _mm512_set1_ps(0.49999991059303284f));
   CLIF_EACH q[i] = _mm512_fmadd_ps(q[i], r[i], _mm512_set1_ps(1.0f));
   CLIF_EACH q[i] = _mm512_fmadd_ps(q[i], r[i], _mm512_set1_ps(1.0f));
+  CLIF_EACH e[i] = _mm512_scalef_ps(q[i], n[i]);
+}
+
+template <int K>
+CLIF_VEC Vec<K> sigmoid(const Vec<K>& z) {
   Vec<K> e;  // 1 + exp(-z), in [1, 1.7e38]
-  CLIF_EACH e.v[i] = _mm512_add_ps(_mm512_scalef_ps(q[i], n[i]), _mm512_set1_ps(1.0f));
+  exp_steps<true>(z, e.v);
+  CLIF_EACH e.v[i] = _mm512_add_ps(e.v[i], _mm512_set1_ps(1.0f));
   return recip(e);
 }
 
-// exp(w) for the surrogates that need it (piecewise_exp, erf): the steps of sigmoid above
-// without the folded negation, the 1 + and the reciprocal. w is clamped to [-87, 88] as there
-// (exp(-87) = 1.6e-38 stands for anything smaller); NaN passes through.
+// exp(w) for the surrogates that need it (piecewise_exp, erf).
 template <int K>
 CLIF_VEC Vec<K> exp_approx(const Vec<K>& w) {
-  __m512 x[K], n[K], r[K], q[K];
-  CLIF_EACH x[i] = _mm512_max_ps(_mm512_set1_ps(-87.0f), w.v[i]);
-  CLIF_EACH x[i] = _mm512_min_ps(_mm512_set1_ps(88.0f), x[i]);
-  CLIF_EACH n[i] = _mm512_roundscale_ps(_mm512_mul_ps(x[i], _mm512_set1_ps(1.44269504088896341f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  CLIF_EACH r[i] = _mm512_fnmadd_ps(n[i], _mm512_set1_ps(0.693359375f), x[i]);  // exact
-  CLIF_EACH r[i] = _mm512_fmadd_ps(n[i], _mm512_set1_ps(2.12194440054690583e-4f), r[i]);
-  CLIF_EACH q[i] = _mm512_fmadd_ps(_mm512_set1_ps(0.0013838205486536026f), r[i],
-                                   _mm512_set1_ps(0.008374955505132675f));
-  CLIF_EACH q[i] = _mm512_fmadd_ps(q[i], r[i], _mm512_set1_ps(0.041668206453323364f));
-  CLIF_EACH q[i] = _mm512_fmadd_ps(q[i], r[i], _mm512_set1_ps(0.16666418313980103f));
-  CLIF_EACH q[i] = _mm512_fmadd_ps(q[i], r[i], _mm512_set1_ps(0.49999991059303284f));
-  CLIF_EACH q[i] = _mm512_fmadd_ps(q[i], r[i], _mm512_set1_ps(1.0f));
-  CLIF_EACH q[i] = _mm512_fmadd_ps(q[i], r[i], _mm512_set1_ps(1.0f));
   Vec<K> e;
-  CLIF_EACH e.v[i] = _mm512_scalef_ps(q[i], n[i]);
+  exp_steps<false>(w, e.v);
   return e;
 }
 

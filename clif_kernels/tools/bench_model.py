@@ -808,14 +808,7 @@ def main(argv=None):
     table = summary(rows)
     print(table)
     if args.out:
-        with open(os.path.join(args.out, f"summary_{tag}.md"), "w") as f:
-            f.write(table + "\n")
-        print(f"wrote {csv_path} and summary_{tag}.md")
-        try:
-            from .plot import plot_model_csv
-            print(f"wrote {plot_model_csv(csv_path, os.path.join(args.out, f'bench_{tag}.png'))}")
-        except ImportError:
-            print("matplotlib is not installed: no plot")
+        benchmark.write_outputs(table, csv_path, args.out, tag, "plot_model_csv")
     return 0
 
 

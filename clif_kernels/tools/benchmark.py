@@ -338,13 +338,18 @@ def main(argv=None):
     table = summary(rows)
     print(table)
     if args.out:
-        with open(os.path.join(args.out, f"summary_{tag}.md"), "w") as f:
-            f.write(table + "\n")
-        print(f"wrote {csv_path} and summary_{tag}.md")
-        try:
-            from .plot import plot_csv
-            png = plot_csv(csv_path, os.path.join(args.out, f"bench_{tag}.png"))
-            print(f"wrote {png}")
-        except ImportError:
-            print("matplotlib is not installed: no plot")
+        write_outputs(table, csv_path, args.out, tag, "plot_csv")
     return 0
+
+
+def write_outputs(table, csv_path, out, tag, plotter):
+    """The markdown summary beside the CSV, and the PNG drawn by `plot.<plotter>` where
+    matplotlib is installed (shared by the layer and the model benchmarks)."""
+    with open(os.path.join(out, f"summary_{tag}.md"), "w") as f:
+        f.write(table + "\n")
+    print(f"wrote {csv_path} and summary_{tag}.md")
+    from . import plot
+    try:
+        print(f"wrote {getattr(plot, plotter)(csv_path, os.path.join(out, f'bench_{tag}.png'))}")
+    except ImportError:
+        print("matplotlib is not installed: no plot")
