@@ -43,18 +43,21 @@ def has_triton() -> bool:
 
 @dataclass
 class Backend:
-    """`devices`/`dtypes`: what its kernels take; `why_not(device)`: None when it can run on
-    that device here, else a sentence saying why not; `load()`: its op pair (None for the
+    """`devices`/`dtypes`: what its kernels take (checked here); `why_not(device)`, for a device
+    of `devices`: None when it can run there, else a sentence saying why not; `load()`: its op pair (None for the
     reference, which has no op)."""
 
     name: str
-    devices: Tuple[str, ...]
+    devices: Optional[Tuple[str, ...]]  # None: any device
     dtypes: Tuple[torch.dtype, ...]
     why_not: Callable[[torch.device], Optional[str]]
     load: Callable[[], Optional[ops.OpPair]]
     _pair: Optional[ops.OpPair] = field(default=None, repr=False)
 
     def unavailable_reason(self, device: torch.device, dtype: torch.dtype) -> Optional[str]:
+        if self.devices is not None and device.type not in self.devices:
+            kinds = " or ".join(d.upper() for d in self.devices)
+            return f"the {self.name} backend runs on {kinds} tensors, got a {device.type} tensor"
         why = self.why_not(device)
         if why is None and dtype not in self.dtypes:
             kinds = ", ".join(str(d).replace("torch.", "") for d in self.dtypes)
@@ -122,8 +125,6 @@ def _compiled_load():
 
 
 def _cpp_why_not(device):
-    if device.type != "cpu":
-        return f"the cpp backend runs on CPU tensors, got a {device.type} tensor"
     if not extension.load()["cpp"]:
         return ("the C++ extension clif_kernels._C is not built (pip install -e . builds it; "
                 "clif_kernels.extension.jit_build() compiles it on the spot)"
@@ -132,8 +133,6 @@ def _cpp_why_not(device):
 
 
 def _cuda_why_not(device):
-    if device.type != "cuda":
-        return f"the cuda backend runs on CUDA tensors, got a {device.type} tensor"
     if _no_cuda(device):
         return _no_cuda(device)
     if not extension.load()["cuda"]:
@@ -143,7 +142,7 @@ def _cuda_why_not(device):
 
 
 REGISTRY = {
-    "torch": Backend("torch", ("cpu", "cuda"), ALL_FLOAT, lambda device: None, lambda: None),
+    "torch": Backend("torch", None, ALL_FLOAT, lambda device: None, lambda: None),
     "triton": Backend("triton", ("cuda", "cpu"), HALF_AND_FLOAT, _triton_why_not, _triton_load),
     "cuda": Backend("cuda", ("cuda",), HALF_AND_FLOAT, _cuda_why_not, _compiled_load),
     "cpp": Backend("cpp", ("cpu",), ALL_FLOAT, _cpp_why_not, _compiled_load),
