@@ -1,7 +1,7 @@
 """How the compiled extensions are built: sources, flags and the CUDA toolkit's location.
 
 One place for setup.py (which loads this file by path, without importing the package),
-`extension.jit_build()` and `cuda_aot`, so the three always build the same thing. Standard
+`extension.jit_build()` and `dev/cuda_aot.py`, so the three always build the same thing. Standard
 library only.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The static cost model (clif_kernels/tools/cost_model.py) on the sm_90 SASS of every GPU kernel
+"""The static cost model (dev/cost_model.py) on the sm_90 SASS of every GPU kernel
 variant, and the budgets the kernels are designed for: a kernel that needs more registers or
 more special-function (MUFU) operations per element-step than its budget fails CI.
 
@@ -19,7 +19,7 @@ import sys
 import pytest
 import torch
 
-from clif_kernels.tools import cost_model
+from dev import cost_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MUFU_BUDGET = {("fwd", "CLIF"): (4, 4), ("fwd", "LIF"): (0, 0),
@@ -80,7 +80,7 @@ def test_triton_kernels_within_budget(tmp_path):
     # Compiled in a process without the interpreter, which the tests switch on.
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     out = tmp_path / "triton.csv"
-    proc = subprocess.run([sys.executable, "-m", "clif_kernels.tools.cost_model", "--only",
+    proc = subprocess.run([sys.executable, "-m", "dev.cost_model", "--only",
                            "triton", "--csv", str(out)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]

@@ -5,7 +5,7 @@ import shutil
 import pytest
 import torch
 
-from clif_kernels.tools import cuda_aot
+from dev import cuda_aot
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None or torch.version.cuda is None,

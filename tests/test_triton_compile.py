@@ -11,7 +11,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.mark.parametrize("arch", [90, 80])
 def test_triton_kernels_compile_for_gpu(arch):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "-m", "clif_kernels.tools.triton_aot", str(arch)],
+    proc = subprocess.run([sys.executable, "-m", "dev.triton_aot", str(arch)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert f"sm_{arch}: compiled" in proc.stdout

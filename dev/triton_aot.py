@@ -2,7 +2,7 @@
 
 The interpreter accepts programs that the real compiler rejects (wrong layouts, bad casts,
 unsupported ops), so CI compiles every branch of both kernels for sm_90 and sm_80 here.
-Run as `python -m clif_kernels.tools.triton_aot 90 80`; it must not run under TRITON_INTERPRET=1.
+Run as `python -m dev.triton_aot 90 80`; it must not run under TRITON_INTERPRET=1.
 """
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from .. import triton_kernels as tk
-from ..options import SURROGATES
+from clif_kernels import triton_kernels as tk
+from clif_kernels.options import SURROGATES
 
 _FWD_FLAGS = ("HAS_V0", "HAS_M0", "HARD_RESET", "IS_CLIF", "SAVE_CKPT")
 _BWD_FLAGS = ("HAS_V0", "HAS_M0", "HAS_GS", "HAS_GVT", "HAS_GMT", "HARD_RESET", "IS_CLIF",

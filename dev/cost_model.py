@@ -23,8 +23,8 @@ exactly one value (spikes forward, grad_x backward).
 From the counts and the occupancy (registers, threads per block), the time each resource bounds
 on an H200 for T = 8, N = 2^23, next to the design's bytes at the copy bandwidth.
 
-    python -m clif_kernels.tools.cost_model            # table for sm_90
-    python -m clif_kernels.tools.cost_model --csv out.csv
+    python -m dev.cost_model            # table for sm_90
+    python -m dev.cost_model --csv out.csv
 """
 import argparse
 import csv
@@ -287,7 +287,7 @@ _DTYPE = {"f": ("fp32", 4), "N3c108BFloat16E": ("bf16", 2), "N3c104HalfE": ("fp1
 
 def cuda_rows(arch=90):
     """One row per CUDA kernel variant."""
-    from . import cuda_aot
+    from dev import cuda_aot
     with tempfile.TemporaryDirectory() as tmp:
         cubin = os.path.join(tmp, "k.cubin")
         cmd = [c for c in cuda_aot.nvcc_command(arch, cubin) if c not in ("-Xptxas", "-v")]
@@ -311,7 +311,7 @@ def cuda_rows(arch=90):
 
 def triton_rows(arch=90):
     """One row per Triton kernel variant that `triton_aot` compiles for CI."""
-    from . import triton_aot
+    from dev import triton_aot
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for k, (fn, ce, dtype, ckpt_dtype, kernel, warps) in enumerate(
@@ -368,7 +368,7 @@ def _fmt(v):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m clif_kernels.tools.cost_model")
+    ap = argparse.ArgumentParser(prog="python -m dev.cost_model")
     ap.add_argument("--arch", type=int, default=90)
     ap.add_argument("--csv", default=None)
     ap.add_argument("--only", choices=("cuda", "triton"), default=None)

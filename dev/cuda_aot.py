@@ -1,7 +1,7 @@
 """Compile csrc/clif_cuda_kernels.cu for one GPU architecture with `ptxas -v`, without a GPU, and report
 registers and spills per kernel. CI runs it for sm_90 and sm_80 and fails on any spill.
 
-    python -m clif_kernels.tools.cuda_aot 90 80
+    python -m dev.cuda_aot 90 80
 """
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import subprocess
 import sys
 import tempfile
 
-from .. import build_config
+from clif_kernels import build_config
 
-from ..extension import CSRC
+from clif_kernels.extension import CSRC
 
 
 def nvcc_command(arch: int, out: str):
