@@ -5,8 +5,14 @@ contiguous. Each program owns BLOCK neurons and loops over time with `v` and `m`
 
 Memory for the backward: the forward saves nothing of its own but a checkpoint of `(v, m)` every
 `CKPT_EVERY` steps after the first segment; the backward keeps the input `x` (which autograd holds
-anyway as the op's input) and recomputes each segment of CKPT_EVERY steps into a register tile
-before walking it in reverse. For T <= CKPT_EVERY the saved bytes are exactly those of `x`.
+anyway as the op's input) and recomputes each segment of CKPT_EVERY steps before walking it in
+reverse. For T <= CKPT_EVERY the saved bytes are exactly those of `x`.
+
+Load order, for a GPU's memory latency: the forward loads step t+1's input before step t's work;
+the backward issues all of a segment's x and grad_spikes loads first and keeps the segment's
+values as separate register vectors (no [K, BLOCK] tiles, whose layout changes went through
+shared memory with barriers). The previous kernels (loads next to their uses, the tiled
+backward) stay selectable with CLIF_KERNELS_GPU_KERNELS=previous until a GPU has timed both.
 
 Naming: `*_kernel` is the Triton kernel, `clif_fwd`/`clif_bwd` the launchers, `b_` a block value,
 `p_` a block of pointers.
@@ -20,8 +26,10 @@ import triton.language as tl
 from .options import CKPT_EVERY, charge_constants, n_checkpoints
 
 # Four neurons per thread in the forward: the tuning run on an H200 chose 1024/8 over 1024/4
-# (twice as fast for bf16 at T = 32, equal at T = 8; benchmarks/NOTES.md).
+# (twice as fast for bf16 at T = 32, equal at T = 8; benchmarks/NOTES.md). Eight for 16-bit
+# storage, so that each load and store is 16 bytes wide, as in fp32.
 FWD_BLOCK, FWD_WARPS = 1024, 8
+FWD_BLOCK_16BIT = 2048
 # Two neurons per thread in the backward: at four, ptxas gave up to 159 registers (sm_90),
 # which caps occupancy at 3 blocks of 128 threads per SM.
 BWD_BLOCK, BWD_WARPS = 256, 4
@@ -94,8 +102,8 @@ def _initial_state(ptr, p_n, mask, value, HAS: tl.constexpr, BLOCK: tl.constexpr
 def clif_fwd_kernel(x_ptr, v0_ptr, m0_ptr, s_ptr, vT_ptr, mT_ptr, ckpt_ptr, T, N,
                     gamma, c, b, inv_tau, th, v_reset, v_init,
                     HAS_V0: tl.constexpr, HAS_M0: tl.constexpr, HARD_RESET: tl.constexpr,
-                    IS_CLIF: tl.constexpr, SAVE_CKPT: tl.constexpr, K: tl.constexpr,
-                    BLOCK: tl.constexpr):
+                    IS_CLIF: tl.constexpr, SAVE_CKPT: tl.constexpr, STORE_STATE: tl.constexpr,
+                    PREFETCH: tl.constexpr, K: tl.constexpr, BLOCK: tl.constexpr):
     pid = tl.program_id(0)
     # int64 neuron index: T * N may pass 2^31, and every address below is p_n + t * N.
     p_n = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -105,21 +113,89 @@ def clif_fwd_kernel(x_ptr, v0_ptr, m0_ptr, s_ptr, vT_ptr, mT_ptr, ckpt_ptr, T, N
     p_x = x_ptr + p_n
     p_s = s_ptr + p_n
     p_ck = ckpt_ptr + p_n
+    if PREFETCH:
+        b_xn = tl.load(p_x, mask=mask & (T > 0), other=0.0).to(tl.float32)
+    else:
+        b_xn = tl.zeros([BLOCK], dtype=tl.float32)
     for t in range(0, T):
         if SAVE_CKPT:
             if t > 0 and t % K == 0:
                 tl.store(p_ck, b_v, mask=mask)
                 tl.store(p_ck + N, b_m, mask=mask)
                 p_ck += 2 * N
-        b_x = tl.load(p_x, mask=mask, other=0.0).to(tl.float32)
+        if PREFETCH:
+            b_x = b_xn
+            b_xn = tl.load(p_x + N, mask=mask & (t + 1 < T), other=0.0).to(tl.float32)
+        else:
+            b_x = tl.load(p_x, mask=mask, other=0.0).to(tl.float32)
         b_h, b_s, b_v, b_m = _neuron_step(b_v, b_m, b_x, gamma, c, b, inv_tau, th, v_reset,
                                           HARD_RESET, IS_CLIF)
         tl.store(p_s, b_s.to(s_ptr.dtype.element_ty), mask=mask)
         p_x += N
         p_s += N
-    tl.store(vT_ptr + p_n, b_v.to(vT_ptr.dtype.element_ty), mask=mask)
+    if STORE_STATE:
+        tl.store(vT_ptr + p_n, b_v.to(vT_ptr.dtype.element_ty), mask=mask)
+        if IS_CLIF:
+            tl.store(mT_ptr + p_n, b_m.to(mT_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _neuron_step_backward(b_h, b_mp, b_gs, b_gv, b_gm, gamma, c, inv_tau, th, v_reset, alpha,
+                          inv_alpha, beta, HARD_RESET: tl.constexpr, IS_CLIF: tl.constexpr,
+                          DETACH_RESET: tl.constexpr, SURROGATE: tl.constexpr):
+    """One step of the spec's backward from h_t and m_{t-1}: returns grad_x_t and the gradients
+    of v_{t-1} and m_{t-1} from those of v_t and m_t."""
+    b_s = tl.where(b_h >= th, 1.0, 0.0)
     if IS_CLIF:
-        tl.store(mT_ptr + p_n, b_m.to(mT_ptr.dtype.element_ty), mask=mask)
+        b_a = _sigmoid(b_h * inv_tau)
+        b_r = _sigmoid(b_mp * b_a + b_s)
+        b_gm1 = b_gm - b_gv * b_s * b_r * (1.0 - b_r)
+    else:
+        b_r = tl.zeros_like(b_h)
+        b_gm1 = tl.zeros_like(b_h)
+    if DETACH_RESET:
+        b_gs1 = b_gs + b_gm1
+    else:
+        if HARD_RESET:
+            b_dvds = v_reset - b_h - b_r
+        else:
+            b_dvds = -th - b_r
+        b_gs1 = b_gs + b_gv * b_dvds + b_gm1
+    if HARD_RESET:
+        b_gh = b_gv * (1.0 - b_s)
+    else:
+        b_gh = b_gv
+    b_gh += b_gs1 * _surrogate_grad(b_h - th, alpha, inv_alpha, beta, SURROGATE)
+    if IS_CLIF:
+        b_gh += b_gm1 * b_mp * b_a * (1.0 - b_a) * inv_tau
+        b_gm = b_gm1 * b_a
+    return c * b_gh, gamma * b_gh, b_gm
+
+
+@triton.jit
+def _segment_load(ptr, t, T, N, p_n, mask, HAS: tl.constexpr, BLOCK: tl.constexpr):
+    """Row t of a [T, N] tensor as fp32 (zeros past T or when absent)."""
+    if HAS:
+        b = tl.load(ptr + t.to(tl.int64) * N + p_n, mask=mask & (t < T), other=0.0)
+        b = b.to(tl.float32)
+    else:
+        b = tl.zeros([BLOCK], dtype=tl.float32)
+    return b
+
+
+@triton.jit
+def _walk_step(b_h, b_mp, b_gs, b_gv, b_gm, t, T, N, gx_ptr, p_n, mask, gamma, c, inv_tau, th,
+               v_reset, alpha, inv_alpha, beta, HARD_RESET: tl.constexpr,
+               IS_CLIF: tl.constexpr, DETACH_RESET: tl.constexpr, SURROGATE: tl.constexpr):
+    """Step t of the reverse walk: stores grad_x_t and returns the carried gradients, which stay
+    as they are past T (the steps of a last, partial segment that do not exist)."""
+    b_gx, b_gv1, b_gm1 = _neuron_step_backward(
+        b_h, b_mp, b_gs, b_gv, b_gm, gamma, c, inv_tau, th, v_reset, alpha, inv_alpha, beta,
+        HARD_RESET, IS_CLIF, DETACH_RESET, SURROGATE)
+    live = t < T
+    tl.store(gx_ptr + t.to(tl.int64) * N + p_n, b_gx.to(gx_ptr.dtype.element_ty),
+             mask=mask & live)
+    return tl.where(live, b_gv1, b_gv), tl.where(live, b_gm1, b_gm)
 
 
 @triton.jit
@@ -130,6 +206,112 @@ def clif_bwd_kernel(x_ptr, v0_ptr, m0_ptr, ckpt_ptr, gs_ptr, gvT_ptr, gmT_ptr,
                     HAS_GVT: tl.constexpr, HAS_GMT: tl.constexpr, HARD_RESET: tl.constexpr,
                     IS_CLIF: tl.constexpr, DETACH_RESET: tl.constexpr, SURROGATE: tl.constexpr,
                     K: tl.constexpr, BLOCK: tl.constexpr):
+    # The segment is unrolled by hand, one register vector per step and quantity: Triton has no
+    # arrays of tensors, and tiles cost layout changes. K is 8 (the launcher checks).
+    pid = tl.program_id(0)
+    p_n = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = p_n < N
+    inv_alpha = 1.0 / alpha
+    b_gv = _initial_state(gvT_ptr, p_n, mask, 0.0, HAS_GVT, BLOCK)
+    b_gm = _initial_state(gmT_ptr, p_n, mask, 0.0, HAS_GMT, BLOCK)
+    zero64 = tl.zeros([BLOCK], dtype=tl.int64)
+    n_seg = tl.cdiv(T, K)
+    for jj in range(0, n_seg):
+        j = n_seg - 1 - jj
+        t0 = j * K
+        # Every load of the segment first: one wait on memory per segment.
+        x0 = _segment_load(x_ptr, t0 + 0, T, N, p_n, mask, True, BLOCK)
+        x1 = _segment_load(x_ptr, t0 + 1, T, N, p_n, mask, True, BLOCK)
+        x2 = _segment_load(x_ptr, t0 + 2, T, N, p_n, mask, True, BLOCK)
+        x3 = _segment_load(x_ptr, t0 + 3, T, N, p_n, mask, True, BLOCK)
+        x4 = _segment_load(x_ptr, t0 + 4, T, N, p_n, mask, True, BLOCK)
+        x5 = _segment_load(x_ptr, t0 + 5, T, N, p_n, mask, True, BLOCK)
+        x6 = _segment_load(x_ptr, t0 + 6, T, N, p_n, mask, True, BLOCK)
+        x7 = _segment_load(x_ptr, t0 + 7, T, N, p_n, mask, True, BLOCK)
+        g0 = _segment_load(gs_ptr, t0 + 0, T, N, p_n, mask, HAS_GS, BLOCK)
+        g1 = _segment_load(gs_ptr, t0 + 1, T, N, p_n, mask, HAS_GS, BLOCK)
+        g2 = _segment_load(gs_ptr, t0 + 2, T, N, p_n, mask, HAS_GS, BLOCK)
+        g3 = _segment_load(gs_ptr, t0 + 3, T, N, p_n, mask, HAS_GS, BLOCK)
+        g4 = _segment_load(gs_ptr, t0 + 4, T, N, p_n, mask, HAS_GS, BLOCK)
+        g5 = _segment_load(gs_ptr, t0 + 5, T, N, p_n, mask, HAS_GS, BLOCK)
+        g6 = _segment_load(gs_ptr, t0 + 6, T, N, p_n, mask, HAS_GS, BLOCK)
+        g7 = _segment_load(gs_ptr, t0 + 7, T, N, p_n, mask, HAS_GS, BLOCK)
+        # State before the segment: the initial state, or the forward's checkpoint.
+        if j == 0:
+            b_v = _initial_state(v0_ptr, p_n, mask, v_init, HAS_V0, BLOCK)
+            b_m = _initial_state(m0_ptr, p_n, mask, 0.0, HAS_M0, BLOCK)
+        else:
+            # The cast is a no-op on the fp32 checkpoints; it types this branch as the other
+            # one when T <= K and the launcher passes `x` (any dtype) for the unused pointer.
+            p_ck = ckpt_ptr + (zero64 + 2 * (j - 1)) * N + p_n
+            b_v = tl.load(p_ck, mask=mask, other=0.0).to(tl.float32)
+            b_m = tl.load(p_ck + N, mask=mask, other=0.0).to(tl.float32)
+        # Recompute h_t and m_{t-1}, all the backward needs (steps past T compute on zeros and
+        # are never read).
+        mp0 = b_m
+        h0, _, b_v, b_m = _neuron_step(b_v, b_m, x0, gamma, c, b, inv_tau, th, v_reset,
+                                       HARD_RESET, IS_CLIF)
+        mp1 = b_m
+        h1, _, b_v, b_m = _neuron_step(b_v, b_m, x1, gamma, c, b, inv_tau, th, v_reset,
+                                       HARD_RESET, IS_CLIF)
+        mp2 = b_m
+        h2, _, b_v, b_m = _neuron_step(b_v, b_m, x2, gamma, c, b, inv_tau, th, v_reset,
+                                       HARD_RESET, IS_CLIF)
+        mp3 = b_m
+        h3, _, b_v, b_m = _neuron_step(b_v, b_m, x3, gamma, c, b, inv_tau, th, v_reset,
+                                       HARD_RESET, IS_CLIF)
+        mp4 = b_m
+        h4, _, b_v, b_m = _neuron_step(b_v, b_m, x4, gamma, c, b, inv_tau, th, v_reset,
+                                       HARD_RESET, IS_CLIF)
+        mp5 = b_m
+        h5, _, b_v, b_m = _neuron_step(b_v, b_m, x5, gamma, c, b, inv_tau, th, v_reset,
+                                       HARD_RESET, IS_CLIF)
+        mp6 = b_m
+        h6, _, b_v, b_m = _neuron_step(b_v, b_m, x6, gamma, c, b, inv_tau, th, v_reset,
+                                       HARD_RESET, IS_CLIF)
+        mp7 = b_m
+        h7, _, b_v, b_m = _neuron_step(b_v, b_m, x7, gamma, c, b, inv_tau, th, v_reset,
+                                       HARD_RESET, IS_CLIF)
+        # Walk the segment backwards (spec, Backward).
+        b_gv, b_gm = _walk_step(h7, mp7, g7, b_gv, b_gm, t0 + 7, T, N, gx_ptr, p_n, mask, gamma,
+                                c, inv_tau, th, v_reset, alpha, inv_alpha, beta, HARD_RESET,
+                                IS_CLIF, DETACH_RESET, SURROGATE)
+        b_gv, b_gm = _walk_step(h6, mp6, g6, b_gv, b_gm, t0 + 6, T, N, gx_ptr, p_n, mask, gamma,
+                                c, inv_tau, th, v_reset, alpha, inv_alpha, beta, HARD_RESET,
+                                IS_CLIF, DETACH_RESET, SURROGATE)
+        b_gv, b_gm = _walk_step(h5, mp5, g5, b_gv, b_gm, t0 + 5, T, N, gx_ptr, p_n, mask, gamma,
+                                c, inv_tau, th, v_reset, alpha, inv_alpha, beta, HARD_RESET,
+                                IS_CLIF, DETACH_RESET, SURROGATE)
+        b_gv, b_gm = _walk_step(h4, mp4, g4, b_gv, b_gm, t0 + 4, T, N, gx_ptr, p_n, mask, gamma,
+                                c, inv_tau, th, v_reset, alpha, inv_alpha, beta, HARD_RESET,
+                                IS_CLIF, DETACH_RESET, SURROGATE)
+        b_gv, b_gm = _walk_step(h3, mp3, g3, b_gv, b_gm, t0 + 3, T, N, gx_ptr, p_n, mask, gamma,
+                                c, inv_tau, th, v_reset, alpha, inv_alpha, beta, HARD_RESET,
+                                IS_CLIF, DETACH_RESET, SURROGATE)
+        b_gv, b_gm = _walk_step(h2, mp2, g2, b_gv, b_gm, t0 + 2, T, N, gx_ptr, p_n, mask, gamma,
+                                c, inv_tau, th, v_reset, alpha, inv_alpha, beta, HARD_RESET,
+                                IS_CLIF, DETACH_RESET, SURROGATE)
+        b_gv, b_gm = _walk_step(h1, mp1, g1, b_gv, b_gm, t0 + 1, T, N, gx_ptr, p_n, mask, gamma,
+                                c, inv_tau, th, v_reset, alpha, inv_alpha, beta, HARD_RESET,
+                                IS_CLIF, DETACH_RESET, SURROGATE)
+        b_gv, b_gm = _walk_step(h0, mp0, g0, b_gv, b_gm, t0 + 0, T, N, gx_ptr, p_n, mask, gamma,
+                                c, inv_tau, th, v_reset, alpha, inv_alpha, beta, HARD_RESET,
+                                IS_CLIF, DETACH_RESET, SURROGATE)
+    if HAS_V0:
+        tl.store(gv0_ptr + p_n, b_gv.to(gv0_ptr.dtype.element_ty), mask=mask)
+    if HAS_M0:
+        tl.store(gm0_ptr + p_n, b_gm.to(gm0_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def clif_bwd_tiled_kernel(x_ptr, v0_ptr, m0_ptr, ckpt_ptr, gs_ptr, gvT_ptr, gmT_ptr,
+                    gx_ptr, gv0_ptr, gm0_ptr, T, N,
+                    gamma, c, b, inv_tau, th, v_reset, v_init, alpha, beta,
+                    HAS_V0: tl.constexpr, HAS_M0: tl.constexpr, HAS_GS: tl.constexpr,
+                    HAS_GVT: tl.constexpr, HAS_GMT: tl.constexpr, HARD_RESET: tl.constexpr,
+                    IS_CLIF: tl.constexpr, DETACH_RESET: tl.constexpr, SURROGATE: tl.constexpr,
+                    K: tl.constexpr, BLOCK: tl.constexpr):
+    # The previous backward (CLIF_KERNELS_GPU_KERNELS=previous): the segment in [K, BLOCK] tiles.
     pid = tl.program_id(0)
     p_n = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = p_n < N
@@ -171,37 +353,15 @@ def clif_bwd_kernel(x_ptr, v0_ptr, m0_ptr, ckpt_ptr, gs_ptr, gvT_ptr, gmT_ptr,
             if t0 + t < T:
                 off = (zero64 + t0 + t) * N + p_n
                 b_h = tl.sum(tl.where(rows == t, b_H, 0.0), axis=0)
-                b_s = tl.where(b_h >= th, 1.0, 0.0)
+                b_mp = tl.sum(tl.where(rows == t, b_MP, 0.0), axis=0)
                 if HAS_GS:
                     b_gs = tl.load(gs_ptr + off, mask=mask, other=0.0).to(tl.float32)
                 else:
                     b_gs = tl.zeros([BLOCK], dtype=tl.float32)
-                if IS_CLIF:
-                    b_mp = tl.sum(tl.where(rows == t, b_MP, 0.0), axis=0)
-                    b_a = _sigmoid(b_h * inv_tau)
-                    b_r = _sigmoid(b_mp * b_a + b_s)
-                    b_gm1 = b_gm - b_gv * b_s * b_r * (1.0 - b_r)
-                else:
-                    b_r = tl.zeros([BLOCK], dtype=tl.float32)
-                    b_gm1 = tl.zeros([BLOCK], dtype=tl.float32)
-                if DETACH_RESET:
-                    b_gs1 = b_gs + b_gm1
-                else:
-                    if HARD_RESET:
-                        b_dvds = v_reset - b_h - b_r
-                    else:
-                        b_dvds = -th - b_r
-                    b_gs1 = b_gs + b_gv * b_dvds + b_gm1
-                if HARD_RESET:
-                    b_gh = b_gv * (1.0 - b_s)
-                else:
-                    b_gh = b_gv
-                b_gh += b_gs1 * _surrogate_grad(b_h - th, alpha, inv_alpha, beta, SURROGATE)
-                if IS_CLIF:
-                    b_gh += b_gm1 * b_mp * b_a * (1.0 - b_a) * inv_tau
-                    b_gm = b_gm1 * b_a
-                tl.store(gx_ptr + off, (c * b_gh).to(gx_ptr.dtype.element_ty), mask=mask)
-                b_gv = gamma * b_gh
+                b_gx, b_gv, b_gm = _neuron_step_backward(
+                    b_h, b_mp, b_gs, b_gv, b_gm, gamma, c, inv_tau, th, v_reset, alpha,
+                    inv_alpha, beta, HARD_RESET, IS_CLIF, DETACH_RESET, SURROGATE)
+                tl.store(gx_ptr + off, b_gx.to(gx_ptr.dtype.element_ty), mask=mask)
     if HAS_V0:
         tl.store(gv0_ptr + p_n, b_gv.to(gv0_ptr.dtype.element_ty), mask=mask)
     if HAS_M0:
@@ -227,6 +387,20 @@ def _scalars(o):
     return gamma, c, b, 1.0 / o.tau, o.v_threshold, vr, vr
 
 
+# The backward unrolls a segment by hand, step by step.
+assert CKPT_EVERY == 8, "clif_bwd_kernel is written for segments of 8 steps"
+
+
+def previous_kernels():
+    """Whether CLIF_KERNELS_GPU_KERNELS asks for the previous kernels (the loads next to their
+    uses, the tiled backward), kept beside the current ones until a GPU has timed both. Read at
+    every launch, so that one process can time both."""
+    v = os.environ.get("CLIF_KERNELS_GPU_KERNELS") or "current"
+    if v not in ("current", "previous"):
+        raise ValueError(f"CLIF_KERNELS_GPU_KERNELS must be 'current' or 'previous', got {v!r}")
+    return v == "previous"
+
+
 def _check_dense(**tensors):
     # The kernels address every tensor as dense rows; a strided one would be read wrongly.
     for name, t in tensors.items():
@@ -247,13 +421,16 @@ def clif_fwd(x, v0, m0, o, save):
     ckpt = _empty((n_ck, 2, N), torch.float32, x.device)
     if N == 0:
         return spikes, vT, mT, ckpt
-    grid = (triton.cdiv(N, FWD_BLOCK),)
+    previous = previous_kernels()
+    block = FWD_BLOCK if previous or x.element_size() == 4 else FWD_BLOCK_16BIT
+    grid = (triton.cdiv(N, block),)
     clif_fwd_kernel[grid](
         x, v0 if v0 is not None else x, m0 if m0 is not None else x, spikes, vT,
         mT if is_clif else vT, ckpt if n_ck else x, T, N, *_scalars(o),
         HAS_V0=v0 is not None, HAS_M0=m0 is not None and is_clif,
         HARD_RESET=o.v_reset is not None, IS_CLIF=is_clif, SAVE_CKPT=n_ck > 0,
-        K=CKPT_EVERY, BLOCK=FWD_BLOCK, num_warps=FWD_WARPS)
+        STORE_STATE=True, PREFETCH=not previous, K=CKPT_EVERY, BLOCK=block,
+        num_warps=FWD_WARPS)
     return spikes, vT, mT, ckpt
 
 
@@ -271,7 +448,8 @@ def clif_bwd(x, v0, m0, ckpt, grad_spikes, grad_vT, grad_mT, o):
     if N == 0:
         return gx, gv0, gm0
     grid = (triton.cdiv(N, BWD_BLOCK),)
-    clif_bwd_kernel[grid](
+    kernel = clif_bwd_tiled_kernel if previous_kernels() else clif_bwd_kernel
+    kernel[grid](
         x, v0 if v0 is not None else x, m0 if has_m0 else x, ckpt if ckpt.numel() else x,
         grad_spikes if grad_spikes is not None else x,
         grad_vT if grad_vT is not None else x,

@@ -13,6 +13,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 #include "clif_params.h"
 
@@ -36,6 +37,13 @@
 #if !defined(CLIF_LANES)
 #define CLIF_LANES _Pragma("omp simd")
 #endif
+#endif
+
+// GCC cannot see that the drivers read the segment arrays only at the steps k < len they wrote:
+// its -Wmaybe-uninitialized warnings on them are false alarms, by the hundred.
+#if defined(__GNUC__) && !defined(__clang__) && !defined(__CUDACC__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #endif
 
 namespace clif {
@@ -183,74 +191,86 @@ CLIF_HD vec_t step(const Params<acc_t>& p, vec_t& v, vec_t& m, vec_t x, vec_t& a
   return h;
 }
 
-// sigma'(z), the surrogate derivative of the spike at z = h - threshold (spec, Backward), for a
-// group of L neurons (or vectors). The switch sits outside the lane loops so that each loop
-// vectorises (and is warp-uniform on the GPU).
-template <int L, typename acc_t, typename vec_t>
+// sigma'(z), the surrogate derivative of the spike at z = h - threshold (spec, Backward), for
+// the surrogate SG.
+template <int SG, typename acc_t, typename vec_t>
+CLIF_HD vec_t surrogate_grad(const Params<acc_t>& p, vec_t z) {
+  const acc_t al = p.alpha;
+  if constexpr (SG == kRectangle) {
+    return box(z, vec_t(acc_t(0.5) * al), vec_t(p.inv_alpha));
+  } else if constexpr (SG == kSigmoid) {
+    const vec_t g = sigmoid(al * z);
+    return al * g * (acc_t(1) - g);
+  } else if constexpr (SG == kAtan) {
+    const vec_t w = acc_t(1.5707963267948966) * al * z;
+    return acc_t(0.5) * al / (acc_t(1) + w * w);
+  } else if constexpr (SG == kTriangle) {
+    return relu(p.inv_alpha - abs_value(z) / (al * al));
+  } else if constexpr (SG == kPiecewiseLeakyRelu) {
+    // 1/(2w) inside the open window |z| < w (alpha = w), c (beta) outside and on its edges.
+    return window(z, vec_t(al), vec_t(p.half_inv_alpha), vec_t(p.beta));
+  } else if constexpr (SG == kPiecewiseExp) {
+    return acc_t(0.5) * al * exp_approx(-(al * abs_value(z)));
+  } else if constexpr (SG == kSoftSign) {
+    // SpikingJelly's 1 / (2 alpha (1/alpha + |z|)^2), without its two divisions.
+    const vec_t q = madd(vec_t(al), abs_value(z), vec_t(1));
+    return acc_t(0.5) * al * recip(q * q);
+  } else if constexpr (SG == kSuperSpike) {
+    const vec_t q = abs_value(z) + acc_t(1);
+    return al * recip(q * q);
+  } else {
+    static_assert(SG == kErf, "unknown surrogate");
+    const vec_t w = al * z;
+    return acc_t(0.5641895835477563) * al * exp_approx(-(w * w));  // 1/sqrt(pi)
+  }
+}
+
+template <int SG, int L, typename acc_t, typename vec_t>
+CLIF_HD void surrogate_lanes(const Params<acc_t>& p, const vec_t* h, vec_t* out) {
+CLIF_LANES
+  for (int l = 0; l < L; ++l) out[l] = surrogate_grad<SG>(p, h[l] - p.th);
+}
+
+// The surrogate of a kernel: a template constant (SG), so that the loop holds one surrogate's
+// code and no per-step jump table; or kAnySurrogate, read from Params at run time (the CPU
+// kernel, where the switch sits outside the lane loops and costs nothing per neuron, and the
+// GPU's unaligned fallback).
+constexpr int kAnySurrogate = -1;
+
+// sigma'(h - th) for a group of L neurons (or vectors).
+template <int L, int SG = kAnySurrogate, typename acc_t, typename vec_t>
 CLIF_HD void surrogate_grads(const Params<acc_t>& p, const vec_t* h, vec_t* out) {
-  const acc_t al = p.alpha, th = p.th;
-  switch (p.surrogate) {
-    case kRectangle:
-CLIF_LANES
-      for (int l = 0; l < L; ++l) {
-        out[l] = box(h[l] - th, vec_t(acc_t(0.5) * al), vec_t(p.inv_alpha));
-      }
-      break;
-    case kSigmoid:
-CLIF_LANES
-      for (int l = 0; l < L; ++l) {
-        const vec_t g = sigmoid(al * (h[l] - th));
-        out[l] = al * g * (acc_t(1) - g);
-      }
-      break;
-    case kAtan:
-CLIF_LANES
-      for (int l = 0; l < L; ++l) {
-        const vec_t w = acc_t(1.5707963267948966) * al * (h[l] - th);
-        out[l] = acc_t(0.5) * al / (acc_t(1) + w * w);
-      }
-      break;
-    case kTriangle:
-CLIF_LANES
-      for (int l = 0; l < L; ++l) {
-        const vec_t g = p.inv_alpha - abs_value(h[l] - th) / (al * al);
-        out[l] = relu(g);
-      }
-      break;
-    case kPiecewiseLeakyRelu:
-      // 1/(2w) inside the open window |z| < w (alpha = w), c (beta) outside and on its edges.
-CLIF_LANES
-      for (int l = 0; l < L; ++l) {
-        out[l] = window(h[l] - th, vec_t(al), vec_t(p.half_inv_alpha), vec_t(p.beta));
-      }
-      break;
-    case kPiecewiseExp:
-CLIF_LANES
-      for (int l = 0; l < L; ++l) {
-        out[l] = acc_t(0.5) * al * exp_approx(-(al * abs_value(h[l] - th)));
-      }
-      break;
-    case kSoftSign:
-      // SpikingJelly's 1 / (2 alpha (1/alpha + |z|)^2), without its two divisions.
-CLIF_LANES
-      for (int l = 0; l < L; ++l) {
-        const vec_t q = madd(vec_t(al), abs_value(h[l] - th), vec_t(1));
-        out[l] = acc_t(0.5) * al * recip(q * q);
-      }
-      break;
-    case kSuperSpike:
-CLIF_LANES
-      for (int l = 0; l < L; ++l) {
-        const vec_t q = abs_value(h[l] - th) + acc_t(1);
-        out[l] = al * recip(q * q);
-      }
-      break;
-    default:  // kErf
-CLIF_LANES
-      for (int l = 0; l < L; ++l) {
-        const vec_t w = al * (h[l] - th);
-        out[l] = acc_t(0.5641895835477563) * al * exp_approx(-(w * w));  // 1/sqrt(pi)
-      }
+  if constexpr (SG != kAnySurrogate) {
+    surrogate_lanes<SG, L>(p, h, out);
+  } else {
+    switch (p.surrogate) {
+      case kRectangle: surrogate_lanes<kRectangle, L>(p, h, out); break;
+      case kSigmoid: surrogate_lanes<kSigmoid, L>(p, h, out); break;
+      case kAtan: surrogate_lanes<kAtan, L>(p, h, out); break;
+      case kTriangle: surrogate_lanes<kTriangle, L>(p, h, out); break;
+      case kPiecewiseLeakyRelu: surrogate_lanes<kPiecewiseLeakyRelu, L>(p, h, out); break;
+      case kPiecewiseExp: surrogate_lanes<kPiecewiseExp, L>(p, h, out); break;
+      case kSoftSign: surrogate_lanes<kSoftSign, L>(p, h, out); break;
+      case kSuperSpike: surrogate_lanes<kSuperSpike, L>(p, h, out); break;
+      default: surrogate_lanes<kErf, L>(p, h, out);
+    }
+  }
+}
+
+// Runs `f` with SG a template constant equal to the run-time surrogate id (host-side dispatch of
+// the kernels that take the surrogate as a template constant).
+template <typename F>
+void with_surrogate(int surrogate, const F& f) {
+  switch (surrogate) {
+    case kRectangle: f(std::integral_constant<int, kRectangle>{}); break;
+    case kSigmoid: f(std::integral_constant<int, kSigmoid>{}); break;
+    case kAtan: f(std::integral_constant<int, kAtan>{}); break;
+    case kTriangle: f(std::integral_constant<int, kTriangle>{}); break;
+    case kPiecewiseLeakyRelu: f(std::integral_constant<int, kPiecewiseLeakyRelu>{}); break;
+    case kPiecewiseExp: f(std::integral_constant<int, kPiecewiseExp>{}); break;
+    case kSoftSign: f(std::integral_constant<int, kSoftSign>{}); break;
+    case kSuperSpike: f(std::integral_constant<int, kSuperSpike>{}); break;
+    default: f(std::integral_constant<int, kErf>{});
   }
 }
 
@@ -307,8 +327,15 @@ constexpr bool kKeepSigmoids = true;
 //   load_initial(v[L], m[L], v_init), store_final(v, m), load_x(t, x[L]), store_spikes(t, s[L]),
 //   store_ckpt(j, v, m), load_ckpt(j, v, m), load_final_grads(gv, gm), load_gs(t, gs[L]),
 //   store_gx(t, gx[L]), store_initial_grads(gv, gm), and the flag `save`.
+//
+// PREFETCH orders the loads for a GPU's memory latency (the work is the same either way): the
+// forward loads step t+1's input before step t's work, and the backward issues all of a
+// segment's x and grad_spikes loads before its recompute, so a thread waits on memory once per
+// segment instead of twice per step. Without it (the previous kernels, kept for comparison) each
+// load sits right before its use.
 
-template <bool IS_CLIF, int L, int RESET = kAnyReset, typename acc_t, typename IO>
+template <bool IS_CLIF, int L, int RESET = kAnyReset, bool PREFETCH = true, typename acc_t,
+          typename IO>
 CLIF_HD void forward_sequence(const Params<acc_t>& params, int64_t T, IO& io) {
   // A private copy: the compiler cannot prove that the output stores leave `params` alone, and
   // would reload it (and keep its branches) inside the lane loops.
@@ -316,20 +343,31 @@ CLIF_HD void forward_sequence(const Params<acc_t>& params, int64_t T, IO& io) {
   using vec_t = typename IO::vec_t;
   vec_t v[L], m[L], x[L], s[L];
   io.load_initial(v, m, p.v_init);
+  if (PREFETCH && T > 0) io.load_x(0, x);
   for (int64_t t = 0; t < T; ++t) {
     if (io.save && t > 0 && t % kCkptEvery == 0) io.store_ckpt(t / kCkptEvery - 1, v, m);
-    io.load_x(t, x);
+    vec_t xn[L];
+    if (!PREFETCH) {
+      io.load_x(t, x);
+    } else if (t + 1 < T) {
+      io.load_x(t + 1, xn);
+    }
 CLIF_LANES
     for (int l = 0; l < L; ++l) {
       vec_t a, r;
       s[l] = fire(step<IS_CLIF, RESET>(p, v[l], m[l], x[l], a, r), vec_t(p.th));
     }
     io.store_spikes(t, s);
+    if (PREFETCH && t + 1 < T) {
+CLIF_LANES
+      for (int l = 0; l < L; ++l) x[l] = xn[l];
+    }
   }
   io.store_final(v, m);
 }
 
-template <bool IS_CLIF, int L, int RESET = kAnyReset, typename acc_t, typename IO>
+template <bool IS_CLIF, int L, int RESET = kAnyReset, int SG = kAnySurrogate,
+          bool PREFETCH = true, typename acc_t, typename IO>
 CLIF_HD void backward_sequence(const Params<acc_t>& params, int64_t T, IO& io) {
   const Params<acc_t> p = params;  // see forward_sequence
   using vec_t = typename IO::vec_t;
@@ -345,17 +383,29 @@ CLIF_HD void backward_sequence(const Params<acc_t>& params, int64_t T, IO& io) {
     } else {
       io.load_ckpt(j - 1, v, m);
     }
-    // h_t and m_{t-1} of the segment (and a_t, r_t where kept): with full unrolling the
-    // indices are constants, so on the GPU these arrays live in registers. Only entries k < len
-    // are read, so they are not zeroed (on the CPU the zeroing, 8 KiB per group and segment,
-    // was 14% of the AVX-512 backward).
+    // The segment's inputs and spike gradients (with PREFETCH), h_t and m_{t-1} (and a_t, r_t
+    // where kept): with full unrolling the indices are constants, so on the GPU these arrays
+    // live in registers. Only entries k < len are read, so they are not zeroed (on the CPU the
+    // zeroing, 8 KiB per group and segment, was 14% of the AVX-512 backward).
+    constexpr int KP = PREFETCH ? K : 1;
+    vec_t X[KP][L], GS[KP][L];
+    if (PREFETCH) {
+CLIF_UNROLL
+      for (int k = 0; k < K; ++k) {
+        if (k < len) io.load_x(t0 + k, X[PREFETCH ? k : 0]);
+      }
+CLIF_UNROLL
+      for (int k = 0; k < K; ++k) {
+        if (k < len) io.load_gs(t0 + k, GS[PREFETCH ? k : 0]);
+      }
+    }
     vec_t H[K][L], MP[K][L];
     vec_t A[kKeepSigmoids ? K : 1][L], R[kKeepSigmoids ? K : 1][L];
 CLIF_UNROLL
     for (int k = 0; k < K; ++k) {
       if (k < len) {
-        vec_t x[L];
-        io.load_x(t0 + k, x);
+        vec_t* x = X[PREFETCH ? k : 0];
+        if (!PREFETCH) io.load_x(t0 + k, x);
 CLIF_LANES
         for (int l = 0; l < L; ++l) {
           MP[k][l] = m[l];
@@ -371,9 +421,10 @@ CLIF_LANES
 CLIF_UNROLL
     for (int k = K - 1; k >= 0; --k) {
       if (k < len) {
-        vec_t gs[L], gx[L], sg[L];
-        io.load_gs(t0 + k, gs);
-        surrogate_grads<L>(p, H[k], sg);
+        vec_t gx[L], sg[L];
+        vec_t* gs = GS[PREFETCH ? k : 0];
+        if (!PREFETCH) io.load_gs(t0 + k, gs);
+        surrogate_grads<L, SG>(p, H[k], sg);
 CLIF_LANES
         for (int l = 0; l < L; ++l) {
           const vec_t h = H[k][l], mp = MP[k][l];
@@ -460,7 +511,7 @@ CLIF_LANES
     if (m0) load(m0, m); else fill(m, acc_t(0));
   }
   CLIF_HD void store_final(const acc_t* v, const acc_t* m) const {
-    store(vT, v);
+    if (vT) store(vT, v);
     if (mT) store(mT, m);
   }
   CLIF_HD void load_x(int64_t t, acc_t* out) const { load(x + t * N, out); }
@@ -494,3 +545,7 @@ CLIF_LANES
 };
 
 }  // namespace clif
+
+#if defined(__GNUC__) && !defined(__clang__) && !defined(__CUDACC__)
+#pragma GCC diagnostic pop
+#endif

@@ -6,6 +6,9 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include <cstdlib>
+#include <cstring>
+
 #include "clif_cuda.h"
 #include "clif_host.h"
 
@@ -25,13 +28,25 @@ bool aligned(const void* ptr, size_t bytes) {
   return ptr == nullptr || reinterpret_cast<uintptr_t>(ptr) % bytes == 0;
 }
 
-// The vector path needs N to be a multiple of kVec and every row start aligned to kVec elements.
-bool can_vectorize(const GroupData<float>& d, size_t elt) {
-  const size_t b = elt * kVec;
-  return d.N % kVec == 0 && aligned(d.x, b) && aligned(d.v0, b) && aligned(d.m0, b) &&
-         aligned(d.spikes, b) && aligned(d.vT, b) && aligned(d.mT, b) && aligned(d.gs, b) &&
-         aligned(d.gvT, b) && aligned(d.gmT, b) && aligned(d.gx, b) && aligned(d.gv0, b) &&
-         aligned(d.gm0, b);
+// CLIF_KERNELS_GPU_KERNELS=previous selects the previous kernels (clif_cuda.h). Read at every
+// launch, so that one process can time both (os.environ in Python sets the C environment).
+KernelVariant kernel_variant() {
+  const char* v = std::getenv("CLIF_KERNELS_GPU_KERNELS");
+  if (v == nullptr || *v == '\0' || std::strcmp(v, "current") == 0) return KernelVariant::kCurrent;
+  TORCH_CHECK(std::strcmp(v, "previous") == 0,
+              "CLIF_KERNELS_GPU_KERNELS must be 'current' or 'previous', got '", v, "'");
+  return KernelVariant::kPrevious;
+}
+
+// The neighbours per thread a launch can use: `width` (the kernel's vector width) when N is a
+// multiple of it and every row start is aligned to width elements, else 1.
+int lanes_for(const GroupData<float>& d, size_t elt, int width) {
+  const size_t b = elt * width;
+  const bool ok = d.N % width == 0 && aligned(d.x, b) && aligned(d.v0, b) && aligned(d.m0, b) &&
+                  aligned(d.spikes, b) && aligned(d.vT, b) && aligned(d.mT, b) &&
+                  aligned(d.gs, b) && aligned(d.gvT, b) && aligned(d.gmT, b) &&
+                  aligned(d.gx, b) && aligned(d.gv0, b) && aligned(d.gm0, b);
+  return ok ? width : 1;
 }
 
 #define CLIF_DISPATCH_CUDA_TYPES(TYPE, NAME, ...)                                       \
@@ -52,8 +67,12 @@ void run_fwd<c10::DeviceType::CUDA>(const FwdResult& out, const Tensor& x, const
   const c10::cuda::CUDAGuard guard(x.device());
   const auto p = make_params<float>(o);
   const auto data = fwd_io<float>(out, x, v0, m0, o.is_clif);
+  const KernelVariant variant = kernel_variant();
   CLIF_DISPATCH_CUDA_TYPES(x.scalar_type(), "clif_fwd_cuda", [&] {
-    C10_CUDA_CHECK(launch_fwd<scalar_t>(p, data, can_vectorize(data, sizeof(scalar_t)),
+    const int width =
+        variant == KernelVariant::kPrevious ? kPreviousLanes : fwd_lanes<scalar_t>();
+    C10_CUDA_CHECK(launch_fwd<scalar_t>(p, data, variant,
+                                        lanes_for(data, sizeof(scalar_t), width),
                                         at::cuda::getCurrentCUDAStream()));
   });
 }
@@ -66,8 +85,11 @@ void run_bwd<c10::DeviceType::CUDA>(const BwdResult& out, const Tensor& x, const
   const c10::cuda::CUDAGuard guard(x.device());
   const auto p = make_params<float>(o);
   const auto data = bwd_io<float>(out, x, v0, m0, ckpt, gs, gvT, gmT, o.is_clif);
+  const KernelVariant variant = kernel_variant();
   CLIF_DISPATCH_CUDA_TYPES(x.scalar_type(), "clif_bwd_cuda", [&] {
-    C10_CUDA_CHECK(launch_bwd<scalar_t>(p, data, can_vectorize(data, sizeof(scalar_t)),
+    const int width = variant == KernelVariant::kPrevious ? kPreviousLanes : kBwdLanes;
+    C10_CUDA_CHECK(launch_bwd<scalar_t>(p, data, variant,
+                                        lanes_for(data, sizeof(scalar_t), width),
                                         at::cuda::getCurrentCUDAStream()));
   });
 }

@@ -9,18 +9,31 @@
 
 namespace clif {
 
-// Neighbours per thread on the vector path: a 16-byte load per row in fp32 (8 in fp16/bf16).
-constexpr int kVec = 4;
+// Which kernels run: the current ones, or the previous design (loads next to their uses, the
+// surrogate switched per step, 4 neurons per thread both ways), kept buildable beside them until
+// a GPU has timed the two in one process (CLIF_KERNELS_GPU_KERNELS=previous, read per launch).
+enum class KernelVariant { kCurrent, kPrevious };
+
+// Neighbours per thread on the vector path. Forward: one 16-byte load per row (4 fp32, 8
+// fp16/bf16). Backward: 2, so that a whole segment's x and grad_spikes (2 x 8 steps x 2 neurons)
+// fit in registers beside h and m_{t-1} without spills.
+template <typename scalar_t>
+constexpr int fwd_lanes() {
+  return 16 / static_cast<int>(sizeof(scalar_t));
+}
+constexpr int kBwdLanes = 2;
+constexpr int kPreviousLanes = 4;
 
 // Launch the forward or backward over all groups of `data` (storage type scalar_t) on `stream`.
-// `vec` selects kVec neighbours per thread (N % kVec == 0 and every pointer aligned to kVec
-// elements), else one. Returns the launch's error code.
+// `lanes` is the neighbours per thread the caller checked the tensors for (see lanes_for in
+// clif_cuda.cpp): the variant's vector width, or 1 (any N, any alignment). Returns the launch's
+// error code.
 template <typename scalar_t>
-cudaError_t launch_fwd(const Params<float>& p, const GroupData<float>& data, bool vec,
-                       cudaStream_t stream);
+cudaError_t launch_fwd(const Params<float>& p, const GroupData<float>& data,
+                       KernelVariant variant, int lanes, cudaStream_t stream);
 
 template <typename scalar_t>
-cudaError_t launch_bwd(const Params<float>& p, const GroupData<float>& data, bool vec,
-                       cudaStream_t stream);
+cudaError_t launch_bwd(const Params<float>& p, const GroupData<float>& data,
+                       KernelVariant variant, int lanes, cudaStream_t stream);
 
 }  // namespace clif

@@ -10,63 +10,83 @@ namespace {
 
 constexpr int kThreads = 256;
 
-// One thread per group of L neurons; BWD picks the backward driver. At (256, 2) ptxas keeps
-// every variant spill-free: without the minimum of 2 blocks it capped two fp16/bf16 backward
-// variants at 64 registers and spilled.
-template <bool BWD, typename scalar_t, int L, bool IS_CLIF>
+// One thread per group of L neurons; BWD picks the backward driver, SG the surrogate (a
+// template constant, or kAnySurrogate: read at run time), PREFETCH the load order (clif_core.h).
+// At (256, 2) ptxas keeps every variant spill-free: without the minimum of 2 blocks it capped
+// two fp16/bf16 backward variants at 64 registers and spilled.
+template <bool BWD, typename scalar_t, int L, bool IS_CLIF, int SG, bool PREFETCH>
 __global__ void __launch_bounds__(kThreads, 2)
     clif_kernel(GroupIO<scalar_t, float, L, true> io, Params<float> p, int64_t T,
                 int64_t groups) {
   const int64_t g = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (g >= groups) return;
   io.n0 = g * L;
-  if (BWD) {
-    backward_sequence<IS_CLIF, L>(p, T, io);
+  if constexpr (BWD) {
+    backward_sequence<IS_CLIF, L, kAnyReset, SG, PREFETCH>(p, T, io);
   } else {
-    forward_sequence<IS_CLIF, L>(p, T, io);
+    forward_sequence<IS_CLIF, L, kAnyReset, PREFETCH>(p, T, io);
   }
 }
 
-template <bool BWD, typename scalar_t, int L, bool IS_CLIF>
+template <bool BWD, typename scalar_t, int L, bool IS_CLIF, int SG, bool PREFETCH>
 cudaError_t launch(const Params<float>& p, const GroupData<float>& data, cudaStream_t stream) {
   const GroupIO<scalar_t, float, L, true> io(data);
   const int64_t groups = data.N / L;
   const unsigned blocks = static_cast<unsigned>((groups + kThreads - 1) / kThreads);
-  clif_kernel<BWD, scalar_t, L, IS_CLIF><<<blocks, kThreads, 0, stream>>>(io, p, data.T, groups);
+  clif_kernel<BWD, scalar_t, L, IS_CLIF, SG, PREFETCH>
+      <<<blocks, kThreads, 0, stream>>>(io, p, data.T, groups);
   return cudaGetLastError();
 }
 
-template <bool BWD, typename scalar_t>
-cudaError_t dispatch(const Params<float>& p, const GroupData<float>& data, bool vec,
-                     cudaStream_t stream) {
-  if (data.N == 0) return cudaSuccess;
-  if (vec) {
-    return p.is_clif ? launch<BWD, scalar_t, kVec, true>(p, data, stream)
-                     : launch<BWD, scalar_t, kVec, false>(p, data, stream);
+template <bool BWD, typename scalar_t, bool IS_CLIF>
+cudaError_t dispatch_neuron(const Params<float>& p, const GroupData<float>& data,
+                            KernelVariant variant, int lanes, cudaStream_t stream) {
+  if (lanes == 1) {  // the unaligned fallback: the surrogate read at run time
+    return launch<BWD, scalar_t, 1, IS_CLIF, kAnySurrogate, true>(p, data, stream);
   }
-  return p.is_clif ? launch<BWD, scalar_t, 1, true>(p, data, stream)
-                   : launch<BWD, scalar_t, 1, false>(p, data, stream);
+  if (variant == KernelVariant::kPrevious) {
+    return launch<BWD, scalar_t, kPreviousLanes, IS_CLIF, kAnySurrogate, false>(p, data, stream);
+  }
+  if constexpr (BWD) {
+    cudaError_t err = cudaSuccess;
+    with_surrogate(p.surrogate, [&](auto sg) {
+      err = launch<true, scalar_t, kBwdLanes, IS_CLIF, decltype(sg)::value, true>(p, data,
+                                                                                  stream);
+    });
+    return err;
+  } else {
+    return launch<false, scalar_t, fwd_lanes<scalar_t>(), IS_CLIF, kAnySurrogate, true>(
+        p, data, stream);
+  }
+}
+
+template <bool BWD, typename scalar_t>
+cudaError_t dispatch(const Params<float>& p, const GroupData<float>& data, KernelVariant variant,
+                     int lanes, cudaStream_t stream) {
+  if (data.N == 0) return cudaSuccess;
+  return p.is_clif ? dispatch_neuron<BWD, scalar_t, true>(p, data, variant, lanes, stream)
+                   : dispatch_neuron<BWD, scalar_t, false>(p, data, variant, lanes, stream);
 }
 
 }  // namespace
 
 template <typename scalar_t>
-cudaError_t launch_fwd(const Params<float>& p, const GroupData<float>& data, bool vec,
-                       cudaStream_t stream) {
-  return dispatch<false, scalar_t>(p, data, vec, stream);
+cudaError_t launch_fwd(const Params<float>& p, const GroupData<float>& data,
+                       KernelVariant variant, int lanes, cudaStream_t stream) {
+  return dispatch<false, scalar_t>(p, data, variant, lanes, stream);
 }
 
 template <typename scalar_t>
-cudaError_t launch_bwd(const Params<float>& p, const GroupData<float>& data, bool vec,
-                       cudaStream_t stream) {
-  return dispatch<true, scalar_t>(p, data, vec, stream);
+cudaError_t launch_bwd(const Params<float>& p, const GroupData<float>& data,
+                       KernelVariant variant, int lanes, cudaStream_t stream) {
+  return dispatch<true, scalar_t>(p, data, variant, lanes, stream);
 }
 
 #define CLIF_INSTANTIATE(T)                                                                  \
-  template cudaError_t launch_fwd<T>(const Params<float>&, const GroupData<float>&, bool,     \
-                                     cudaStream_t);                                          \
-  template cudaError_t launch_bwd<T>(const Params<float>&, const GroupData<float>&, bool,     \
-                                     cudaStream_t);
+  template cudaError_t launch_fwd<T>(const Params<float>&, const GroupData<float>&,           \
+                                     KernelVariant, int, cudaStream_t);                       \
+  template cudaError_t launch_bwd<T>(const Params<float>&, const GroupData<float>&,           \
+                                     KernelVariant, int, cudaStream_t);
 CLIF_INSTANTIATE(float)
 CLIF_INSTANTIATE(c10::Half)
 CLIF_INSTANTIATE(c10::BFloat16)

@@ -296,7 +296,7 @@ struct VecIO : TypedData<typename StorageTraits<S>::type, float> {
   }
   // The [N] states are small and read soon: plain stores.
   void store_final(const vec_t* v, const vec_t* m) const {
-    store<false>(vT, v);
+    if (vT) store<false>(vT, v);
     if (mT) store<false>(mT, m);
   }
   void load_x(int64_t t, vec_t* out) const {
