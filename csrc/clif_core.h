@@ -13,6 +13,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 
 #include "clif_params.h"
@@ -107,9 +108,16 @@ inline float exp_host(float z) {
 }
 #endif
 
+// On the GPU, the special functions are the MUFU unit's approximations with no fix-up code:
+// ex2.approx.ftz (2 ulp; a result below 2^-126 flushes to 0) and rcp.approx.ftz (1 ulp; every
+// argument the core passes is >= 1). IEEE division and __expf's subnormal handling cost about
+// 20 instructions per element-step and a slow-path call each (benchmarks/NOTES.md). The forward
+// and the backward's recompute run the same instructions, so they agree bit for bit.
 CLIF_HD float exp_approx(float z) {
 #if defined(__CUDA_ARCH__)
-  return __expf(z);  // ex2.approx: 2 ulp, one MUFU op
+  float r;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(z * 1.4426950408889634f));
+  return r;
 #else
   return exp_host(z);
 #endif
@@ -121,6 +129,13 @@ CLIF_HD double exp_approx(double z) { return std::exp(z); }
 // argument-dependent lookup pick those). For float and double they are the obvious expressions.
 template <typename T>
 CLIF_HD T recip(T z) {
+#if defined(__CUDA_ARCH__)
+  if constexpr (std::is_same<T, float>::value) {
+    float r;
+    asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(z));
+    return r;
+  }
+#endif
   return T(1) / z;
 }
 // a * b + c and c - a * b; one fused instruction on SIMD types (CUDA contracts them anyway).
@@ -326,7 +341,9 @@ constexpr bool kKeepSigmoids = true;
 // its group:
 //   load_initial(v[L], m[L], v_init), store_final(v, m), load_x(t, x[L]), store_spikes(t, s[L]),
 //   store_ckpt(j, v, m), load_ckpt(j, v, m), load_final_grads(gv, gm), load_gs(t, gs[L]),
-//   store_gx(t, gx[L]), store_initial_grads(gv, gm), and the flag `save`.
+//   store_gx(t, gx[L]), store_initial_grads(gv, gm), and the flag `save`; and, for PREFETCH,
+//   a type raw_t holding one group's row as loaded, load_x_raw(t, raw), load_gs_raw(t, raw)
+//   (zeros without grad_spikes) and unpack(raw, out[L]).
 //
 // PREFETCH orders the loads for a GPU's memory latency (the work is the same either way): the
 // forward loads step t+1's input before step t's work, and the backward issues all of a
@@ -342,15 +359,20 @@ CLIF_HD void forward_sequence(const Params<acc_t>& params, int64_t T, IO& io) {
   const Params<acc_t> p = params;
   using vec_t = typename IO::vec_t;
   vec_t v[L], m[L], x[L], s[L];
+  // The next step's row as loaded (storage type): converted only when used, so that the
+  // conversion does not wait for the load.
+  typename IO::raw_t next;
   io.load_initial(v, m, p.v_init);
-  if (PREFETCH && T > 0) io.load_x(0, x);
+  if (PREFETCH && T > 0) io.load_x_raw(0, next);
   for (int64_t t = 0; t < T; ++t) {
     if (io.save && t > 0 && t % kCkptEvery == 0) io.store_ckpt(t / kCkptEvery - 1, v, m);
-    vec_t xn[L];
-    if (!PREFETCH) {
+    if (PREFETCH) {
+      io.unpack(next, x);
+      // Unconditional: a load made only when t + 1 < T would be merged into `next` by a
+      // predicated move, which waits for it. The last step reloads its own row (from L1).
+      io.load_x_raw(t + 1 < T ? t + 1 : t, next);
+    } else {
       io.load_x(t, x);
-    } else if (t + 1 < T) {
-      io.load_x(t + 1, xn);
     }
 CLIF_LANES
     for (int l = 0; l < L; ++l) {
@@ -358,10 +380,6 @@ CLIF_LANES
       s[l] = fire(step<IS_CLIF, RESET>(p, v[l], m[l], x[l], a, r), vec_t(p.th));
     }
     io.store_spikes(t, s);
-    if (PREFETCH && t + 1 < T) {
-CLIF_LANES
-      for (int l = 0; l < L; ++l) x[l] = xn[l];
-    }
   }
   io.store_final(v, m);
 }
@@ -377,35 +395,42 @@ CLIF_HD void backward_sequence(const Params<acc_t>& params, int64_t T, IO& io) {
   for (int64_t j = (T + K - 1) / K - 1; j >= 0; --j) {
     const int64_t t0 = j * K;
     const int len = T - t0 < K ? static_cast<int>(T - t0) : K;
+    // The segment's inputs and spike gradients as loaded (with PREFETCH; converted when used),
+    // h_t and m_{t-1} (and a_t, r_t where kept): with full unrolling the indices are constants,
+    // so on the GPU these arrays live in registers. Only entries k < len are read, so they are
+    // not zeroed (on the CPU the zeroing, 8 KiB per group and segment, was 14% of the AVX-512
+    // backward).
+    constexpr int KP = PREFETCH ? K : 1;
+    typename IO::raw_t XR[KP], GR[KP];
+    if (PREFETCH) {
+CLIF_UNROLL
+      for (int k = 0; k < K; ++k) {
+        if (k < len) io.load_x_raw(t0 + k, XR[PREFETCH ? k : 0]);
+      }
+CLIF_UNROLL
+      for (int k = 0; k < K; ++k) {
+        if (k < len) io.load_gs_raw(t0 + k, GR[PREFETCH ? k : 0]);
+      }
+    }
+    // The state before the segment, loaded after the segment's rows: the first use of the state
+    // waits for its loads, and by then the rows are in flight too.
     vec_t v[L], m[L];
     if (j == 0) {
       io.load_initial(v, m, p.v_init);
     } else {
       io.load_ckpt(j - 1, v, m);
     }
-    // The segment's inputs and spike gradients (with PREFETCH), h_t and m_{t-1} (and a_t, r_t
-    // where kept): with full unrolling the indices are constants, so on the GPU these arrays
-    // live in registers. Only entries k < len are read, so they are not zeroed (on the CPU the
-    // zeroing, 8 KiB per group and segment, was 14% of the AVX-512 backward).
-    constexpr int KP = PREFETCH ? K : 1;
-    vec_t X[KP][L], GS[KP][L];
-    if (PREFETCH) {
-CLIF_UNROLL
-      for (int k = 0; k < K; ++k) {
-        if (k < len) io.load_x(t0 + k, X[PREFETCH ? k : 0]);
-      }
-CLIF_UNROLL
-      for (int k = 0; k < K; ++k) {
-        if (k < len) io.load_gs(t0 + k, GS[PREFETCH ? k : 0]);
-      }
-    }
     vec_t H[K][L], MP[K][L];
     vec_t A[kKeepSigmoids ? K : 1][L], R[kKeepSigmoids ? K : 1][L];
 CLIF_UNROLL
     for (int k = 0; k < K; ++k) {
       if (k < len) {
-        vec_t* x = X[PREFETCH ? k : 0];
-        if (!PREFETCH) io.load_x(t0 + k, x);
+        vec_t x[L];
+        if (PREFETCH) {
+          io.unpack(XR[PREFETCH ? k : 0], x);
+        } else {
+          io.load_x(t0 + k, x);
+        }
 CLIF_LANES
         for (int l = 0; l < L; ++l) {
           MP[k][l] = m[l];
@@ -421,9 +446,12 @@ CLIF_LANES
 CLIF_UNROLL
     for (int k = K - 1; k >= 0; --k) {
       if (k < len) {
-        vec_t gx[L], sg[L];
-        vec_t* gs = GS[PREFETCH ? k : 0];
-        if (!PREFETCH) io.load_gs(t0 + k, gs);
+        vec_t gs[L], gx[L], sg[L];
+        if (PREFETCH) {
+          io.unpack(GR[PREFETCH ? k : 0], gs);
+        } else {
+          io.load_gs(t0 + k, gs);
+        }
         surrogate_grads<L, SG>(p, H[k], sg);
 CLIF_LANES
         for (int l = 0; l < L; ++l) {
@@ -453,6 +481,12 @@ CLIF_LANES
 template <typename scalar_t, int L, bool ALIGNED>
 struct alignas(ALIGNED ? sizeof(scalar_t) * L : alignof(scalar_t)) Pack {
   scalar_t v[L];
+};
+
+// BYTES of a row as whole 32-bit words (see GroupIO::raw_t).
+template <int BYTES>
+struct alignas(BYTES < 16 ? BYTES : 16) Words {
+  uint32_t w[BYTES / 4];
 };
 
 // GroupData's pointers cast to one storage type; the base of the kernels' IO objects (GroupIO
@@ -515,6 +549,28 @@ CLIF_LANES
     if (mT) store(mT, m);
   }
   CLIF_HD void load_x(int64_t t, acc_t* out) const { load(x + t * N, out); }
+  // A row as loaded: one vector load into whole 32-bit registers (two fp16/bf16 values each),
+  // converted by unpack where it is used. As a struct of 16-bit members, a load that only some
+  // steps make (k < len) would be merged into its array entry half by half, and that merge
+  // waits for the load.
+  using raw_t = typename std::conditional<ALIGNED && sizeof(P) % 4 == 0 && sizeof(P) <= 16,
+                                          Words<sizeof(P)>, P>::type;
+  CLIF_HD void load_x_raw(int64_t t, raw_t& out) const {
+    out = *reinterpret_cast<const raw_t*>(x + t * N + n0);
+  }
+  CLIF_HD void load_gs_raw(int64_t t, raw_t& out) const {
+    if (gs) {
+      out = *reinterpret_cast<const raw_t*>(gs + t * N + n0);
+    } else {
+      out = raw_t{};  // all bits zero: 0 in every storage type
+    }
+  }
+  CLIF_HD void unpack(const raw_t& raw, acc_t* out) const {
+    P pk;
+    memcpy(&pk, &raw, sizeof(P));
+CLIF_LANES
+    for (int l = 0; l < L; ++l) out[l] = static_cast<acc_t>(pk.v[l]);
+  }
   CLIF_HD void store_spikes(int64_t t, const acc_t* s) const { store(spikes + t * N, s); }
   CLIF_HD void store_ckpt(int64_t j, const acc_t* v, const acc_t* m) const {
 CLIF_LANES

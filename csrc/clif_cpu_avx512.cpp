@@ -9,6 +9,7 @@
 // the target region, so they keep their baseline code.
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 
 #include "clif_cpu_isa.h"

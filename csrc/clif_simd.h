@@ -304,6 +304,15 @@ struct VecIO : TypedData<typename StorageTraits<S>::type, float> {
     load(x + t * N, out);
   }
   void store_spikes(int64_t t, const vec_t* s) const { store(spikes + t * N, s); }
+  // Rows as loaded (the core's prefetching drivers): converted to fp32 at once on the CPU.
+  struct raw_t {
+    vec_t v[L];
+  };
+  void load_x_raw(int64_t t, raw_t& out) const { load_x(t, out.v); }
+  void load_gs_raw(int64_t t, raw_t& out) const { load_gs(t, out.v); }
+  void unpack(const raw_t& in, vec_t* out) const {
+    for (int l = 0; l < L; ++l) out[l] = in.v[l];
+  }
   void store_ckpt(int64_t j, const vec_t* v, const vec_t* m) const {
     for (int l = 0; l < L; ++l) {
       CLIF_EACH {

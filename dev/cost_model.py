@@ -2,29 +2,36 @@
 
 For every compiled variant (the CUDA kernels through `cuda_aot`, the Triton kernels through
 `triton_aot`) it finds the hot loop (the backward branch whose range holds the most global
-loads), walks the loop body's blocks as a DAG and counts, per element-step (one neuron, one
-time step), what one iteration issues:
+loads) and counts, per element-step (one neuron, one time step), what one iteration issues along
+its fast path (the cheaper side of every run-time branch) and its slow path (the dearer side),
+without the cold blocks (checkpoint stores, an IEEE division's slow path):
 
-- MUFU (special-function unit: ex2, rcp, tanh, ...), FP32-pipe arithmetic (FFMA, FADD, FMUL,
-  FMNMX, ...) and all instructions (issue slots);
-- global loads and stores with their widths, and the bytes of loads a thread has in flight
-  before it first needs one of them (Little's law: the memory system needs about bandwidth x
-  latency bytes in flight to stay busy).
+- MUFU (special-function unit), FP32-pipe arithmetic and all instructions (issue slots);
+- global loads and stores and their widths;
+- the waits on memory: walking the loop body (twice, so that a load issued for the next
+  iteration counts there), every instruction that needs a load still in flight is a wait. For
+  each wait: the load bytes the thread has in flight then, and the instructions it issued since
+  the oldest of them, which hide part of the latency. `first_wait_bytes` is what is in flight at
+  the first wait of an iteration.
 
-Two paths through the loop: `fast` takes the cheaper side of every run-time branch (soft reset,
-the rectangle surrogate, ...), `slow` the dearer one. Both skip the cold blocks, which a path
-takes once per several steps at most or never in practice: the checkpoint stores (every 8 steps)
-and the slow path of an IEEE division (a CALL). Both keep every step of a segment (the path
-with the most stored bytes), so a backward path never skips the `k < len` steps.
+From these, the registers, the occupancy and the number of waves, the time on an H200 for
+T = 8, N = 2^23 is bounded by:
 
-Element-steps per iteration = bytes the path stores / storage size: every element-step stores
-exactly one value (spikes forward, grad_x backward).
+- `bandwidth`: the bytes the kernel moves (the design's, plus stores nobody asked for) at the
+  copy bandwidth;
+- `chain`: one thread's iteration is a chain of round trips to memory and its instructions,
+  cycles = sum over waits of max(0, latency - hidden instructions x cpi) + instructions x cpi;
+  a wave of resident threads takes iterations x that, and the problem takes ceil(waves) waves.
+  This is Little's law per thread: the bytes a thread moves per round trip over the latency;
+- `issue` and `mufu`: instructions over the SMs' issue slots, MUFU ops over the MUFU lanes.
 
-From the counts and the occupancy (registers, threads per block), the time each resource bounds
-on an H200 for T = 8, N = 2^23, next to the design's bytes at the copy bandwidth.
+The model's time is max(issue, mufu, (bandwidth^p + chain^p)^(1/p)): bandwidth and latency
+overlap imperfectly, which the exponent p captures. latency, cpi and p were calibrated on the
+only kernels an H200 has measured (`calibration()`, benchmarks/NOTES.md).
 
-    python -m dev.cost_model            # table for sm_90
+    python -m dev.cost_model                 # table for sm_90, with the calibration
     python -m dev.cost_model --csv out.csv
+    python -m dev.cost_model --calibration-rows dev/calibration_sm90.csv   # from git history
 """
 import argparse
 import csv
@@ -41,6 +48,7 @@ import tempfile
 # bandwidth is what bench measured on one (benchmarks/NOTES.md); the load latency under load is
 # an estimate for HBM3e (about 0.6-0.8 us).
 H200 = dict(sms=132, ghz=1.98, mufu=16, fp32=128, issue=4, regs=65536, threads=2048, blocks=32,
+            icache_kb=128,
             copy_gbps=4130.0, latency_us=0.7)
 SHAPE = (8, 2 ** 23)  # T, N: the ResNet shape [8, 64, 128, 32, 32]
 
@@ -177,49 +185,72 @@ def loop_paths(insns):
     end = len(blocks) - 1  # the block holding the backward branch
     paths = {}
     for name, sign in (("fast", 1), ("slow", -1)):
-        # Lexicographic: fewest cold blocks, most stored bytes, then fewest (fast) or most (slow)
-        # instructions. best[k] = (key, counts) of the best path from block k to the end.
+        # Lexicographic: fewest cold blocks, most stored bytes, most loaded bytes (the optional
+        # loads, such as grad_spikes, present), then fewest (fast) or most (slow) instructions. best[k] = (key, counts) of the best path from block k to the end.
         best = [None] * len(blocks)
         for k in range(end, -1, -1):
             c = _counts(blocks[k])
-            own = (int(_cold(blocks[k])), -c["stg_bytes"], sign * c["insns"])
+            own = (int(_cold(blocks[k])), -c["stg_bytes"], -c["ldg_bytes"],
+                   sign * c["insns"])
             if k == end:
-                options = [((0, 0, 0), None)]
+                options = [((0, 0, 0, 0), None, [])]
             else:
-                options = [(best[j][0], best[j][1]) for j in succ[k] if best[j] is not None]
+                options = [best[j] for j in succ[k] if best[j] is not None]
             if not options:
                 continue
-            key, tail_counts = min(options, key=lambda o: o[0])
+            key, tail_counts, tail_blocks = min(options, key=lambda o: o[0])
             total = dict(c) if tail_counts is None else {
                 f: c[f] + tail_counts[f] for f in c}
-            best[k] = (tuple(a + b for a, b in zip(own, key)), total)
+            best[k] = (tuple(a + b for a, b in zip(own, key)), total, [k] + tail_blocks)
         paths[name] = best[0][1]
         paths[name]["cold_blocks"] = best[0][0][0]
-    paths["in_flight_bytes"] = _loads_ahead(insns, head, tail)
+        paths[name]["insn_list"] = [i for k in best[0][2] for i in blocks[k]]
+    paths.update(load_waits(paths["fast"]["insn_list"]))
+    paths["loop_bytes"] = 16 * sum(len(b) for b in blocks)
     return paths
 
 
-def _loads_ahead(insns, head, tail):
-    """Largest number of load bytes one thread has issued before it uses any of them, within
-    the loop: the loads the compiler hoisted ahead of their first use."""
-    body = [i for i in insns if head <= i.addr <= tail]
-    best, pending = 0, {}
-    for ins in body:
-        regs = set(re.findall(r"\bR(\d+)\b", ins.args))
-        if ins.base == "LDG":
-            dest = re.match(r"\s*R(\d+)", ins.args)
-            srcs = regs - ({dest.group(1)} if dest else set())
-            used = [r for r in pending if r in srcs]
-        else:
-            used = [r for r in pending if r in regs]
-        if used:
-            best = max(best, sum(pending.values()))
-            pending.clear()
-        if ins.base == "LDG":
-            dest = re.match(r"\s*R(\d+)", ins.args)
+def _registers(text):
+    """Register numbers named in an operand list (R4, R4.64 -> {4}, {4, 5}; RZ is none)."""
+    out = set()
+    for num, wide in re.findall(r"\bR(\d+)(\.64)?\b", text):
+        out.add(int(num))
+        if wide:
+            out.add(int(num) + 1)
+    return out
+
+
+def load_waits(path):
+    """The waits on global loads along one iteration's instructions `path` (see the module's
+    docstring): walked twice, the second walk counted, so that loads the first walk left in
+    flight (issued for the next iteration) are waited for where the second one uses them."""
+    def walk(pending):
+        waits = []
+        for idx, ins in enumerate(path):
+            regs = _registers(ins.args)
+            dest = set()
+            if ins.base == "LDG":
+                m = re.match(r"\s*(?:\S+\s+)?R(\d+)", ins.args)
+                if m:
+                    n = max(1, ins.width_bits() // 32)
+                    dest = set(range(int(m.group(1)), int(m.group(1)) + n))
+            if any(r in regs - dest or r in dest for r in pending):
+                first = min(at for _, at in pending.values())
+                # Bytes in flight: each load counted once (a wide load spans several registers).
+                loads = {at: b for b, at in pending.values()}
+                waits.append((sum(loads.values()), idx - first))
+                pending = {}
             if dest:
-                pending[dest.group(1)] = ins.width_bits() // 8
-    return max(best, sum(pending.values()))
+                for r in dest:
+                    pending[r] = (ins.width_bits() // 8, idx)
+        return pending, waits
+
+    carried, first_walk = walk({})
+    shifted = {r: (b, at - len(path)) for r, (b, at) in carried.items()}
+    _, waits = walk(shifted)
+    return dict(waits=len(waits), wait_list=waits,
+                first_wait_bytes=first_walk[0][0] if first_walk else 0,
+                in_flight_bytes=max((b for b, _ in waits), default=0))
 
 
 def occupancy(regs, threads_per_block, gpu=H200):
@@ -232,29 +263,51 @@ def occupancy(regs, threads_per_block, gpu=H200):
     return blocks * threads_per_block
 
 
-def bounds(row, gpu=H200, shape=SHAPE):
-    """Time (ms) each resource needs for the whole [T, N] problem, from per element-step
-    counts, and the design's bytes at the copy bandwidth."""
-    T, N = shape
-    es = T * N
-    clk = gpu["sms"] * gpu["ghz"] * 1e9
-    out = {
-        "mufu_ms": es * row["mufu"] / (clk * gpu["mufu"]) * 1e3,
-        "fp32_ms": es * row["fp32"] / (clk * gpu["fp32"]) * 1e3,
-        "issue_ms": es * row["insns"] / (clk * gpu["issue"] * 32) * 1e3,
-        "memory_ms": es * row["design_bytes"] / (gpu["copy_gbps"] * 1e9) * 1e3,
-    }
-    # Little's law: the bandwidth the loads a thread keeps in flight can sustain.
-    inflight = row["threads_per_sm"] * row["in_flight_bytes"] * gpu["sms"]
-    out["latency_ms"] = es * row["design_bytes"] / (inflight / (gpu["latency_us"] * 1e-6)) * 1e3 \
-        if inflight else float("inf")
-    return out
+# The model's three free constants, fitted by `calibration()` to the H200's measurements of the
+# kernels at git 3eabc74 (the grid and the fit: benchmarks/NOTES.md). latency: a global load's
+# round trip under load; cpi: cycles per instruction of one thread's dependent chain; p: the
+# exponent that combines the bandwidth and chain bounds.
+CALIBRATED = dict(latency_us=0.7, cpi=3.0, p=2.0, fetch=0.0)
 
 
 def design_bytes(kind, elt):
     """Bytes per element-step the design must move at T = 8 (no checkpoints): forward reads x and
     writes spikes; backward reads x and grad_spikes and writes grad_x."""
     return 2 * elt if kind == "fwd" else 3 * elt
+
+
+def bounds(row, gpu=H200, shape=SHAPE, consts=None):
+    """Time (ms) each bound needs for the whole [T, N] problem, and the model's time."""
+    c = dict(CALIBRATED, **(consts or {}))
+    T, N = shape
+    es = T * N
+    clk = gpu["sms"] * gpu["ghz"] * 1e9
+    out = {
+        "mufu_ms": es * row["mufu"] / (clk * gpu["mufu"]) * 1e3,
+        "issue_ms": es * row["insns"] / (clk * gpu["issue"] * 32) * 1e3,
+        "bandwidth_ms": es * (row["design_bytes"] + row["unrequested_bytes"])
+        / (gpu["copy_gbps"] * 1e9) * 1e3,
+    }
+    # One thread: neurons_per_thread neurons, iterations over the loop for the whole T.
+    steps_per_neuron = 8 if row["kind"] == "bwd" else 1  # per iteration
+    neurons = row["steps_per_iter"] / steps_per_neuron
+    iters = math.ceil(T / 8) if row["kind"] == "bwd" else T
+    waves = N / neurons / (row["threads_per_sm"] * gpu["sms"])
+    lat = c["latency_us"] * 1e-6 * gpu["ghz"] * 1e9  # cycles
+    path = row["insns"] * row["steps_per_iter"]  # instructions of one iteration
+    # A loop larger than the SM's instruction cache fetches the part that does not fit from L2
+    # on every iteration.
+    miss = max(0.0, 1.0 - gpu["icache_kb"] * 1024 / row["loop_bytes"]) if row["loop_bytes"] else 0
+    per_iter = sum(max(0.0, lat - hidden * c["cpi"]) for _, hidden in row["wait_list"]) \
+        + path * (c["cpi"] + miss * c["fetch"])
+    out["waves"] = waves
+    out["chain_ms"] = math.ceil(waves) * iters * per_iter / (gpu["ghz"] * 1e9) * 1e3
+    p = c["p"]
+    mem = (out["bandwidth_ms"] ** p + out["chain_ms"] ** p) ** (1 / p)
+    out["model_ms"] = max(out["mufu_ms"], out["issue_ms"], mem)
+    limits = {k: out[k] for k in ("mufu_ms", "issue_ms", "bandwidth_ms", "chain_ms")}
+    out["binding"] = max(limits, key=limits.get).replace("_ms", "")
+    return out
 
 
 def _cuobjdump():
@@ -281,65 +334,121 @@ def _sass(cubin_path):
     return parse_sass(sass), regs
 
 
-_CUDA_NAME = re.compile(r"clif_kernelILb([01])E(f|N3c108BFloat16E|N3c104HalfE)Li(\d+)ELb([01])E")
+_CUDA_NAME = re.compile(r"clif_kernelILb([01])E(f|N3c108BFloat16E|N3c104HalfE)Li(\d+)ELb([01])E"
+                        r"(?:Li(n?\d+)ELb([01])E)?")
 _DTYPE = {"f": ("fp32", 4), "N3c108BFloat16E": ("bf16", 2), "N3c104HalfE": ("fp16", 2)}
 
 
-def cuda_rows(arch=90):
-    """One row per CUDA kernel variant."""
+def cuda_rows(arch=90, csrc=None, version="current"):
+    """One row per CUDA kernel variant of csrc/ (default: this tree's). `version` labels the
+    rows: "current"; "previous" marks this tree's previous kernels by their template arguments
+    (the surrogate read at run time, loads next to their uses)."""
     from dev import cuda_aot
+    cubin, _ = cuda_aot.compile_cubin(arch, csrc or cuda_aot.CSRC)
     with tempfile.TemporaryDirectory() as tmp:
-        cubin = os.path.join(tmp, "k.cubin")
-        cmd = [c for c in cuda_aot.nvcc_command(arch, cubin) if c not in ("-Xptxas", "-v")]
-        cmd[cmd.index("-c")] = "-cubin"
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise RuntimeError(f"nvcc failed:\n{proc.stderr[-3000:]}")
-        funcs, regs = _sass(cubin)
+        path = os.path.join(tmp, "k.cubin")
+        with open(path, "wb") as f:
+            f.write(cubin)
+        funcs, regs = _sass(path)
     rows = []
     for name, insns in funcs.items():
         m = _CUDA_NAME.search(name)
         if not m:
             continue
-        bwd, ty, lanes, clif = m.groups()
+        bwd, ty, lanes, clif, sg, prefetch = m.groups()
         dtype, elt = _DTYPE[ty]
         kind = "bwd" if bwd == "1" else "fwd"
-        rows.append(_row("cuda", kind, dtype, elt, f"L={lanes}", "CLIF" if clif == "1" else "LIF",
-                         insns, regs.get(name), 256))
+        label = version
+        variant = f"L={lanes}"
+        if sg is not None:
+            sg = -int(sg[1:]) if sg.startswith("n") else int(sg)
+            variant += f",SG={sg}" if sg >= 0 else ",SG=any"
+            if prefetch == "0" and version == "current":
+                label = "previous"
+        rows.append(_row("cuda", kind, dtype, elt, variant, "CLIF" if clif == "1" else "LIF",
+                         insns, regs.get(name), 256, label, unrequested=(kind == "fwd")))
     return rows
+
+
+# The benchmark's options (clif's defaults: soft reset, rectangle, no initial state), as the
+# Triton kernels' constants at T = 8 (no checkpoints).
+BENCH_FWD = dict(HAS_V0=False, HAS_M0=False, HARD_RESET=False, IS_CLIF=True, SAVE_CKPT=False)
+# Whether the benchmark's forward stores vT and mT, which it does not ask for.
+STORE_STATE_IN_BENCH = True
+BENCH_BWD = dict(HAS_V0=False, HAS_M0=False, HAS_GS=True, HAS_GVT=False, HAS_GMT=False,
+                 HARD_RESET=False, IS_CLIF=True, DETACH_RESET=False, SURROGATE=0)
+
+
+def _triton_row(fn, ce, dtype, ckpt_dtype, kernel, warps, label):
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "k.cubin")
+        with open(path, "wb") as f:
+            f.write(kernel.asm["cubin"])
+        funcs, regs = _sass(path)
+    (name, insns), = funcs.items()
+    kind = "fwd" if "fwd" in fn.__name__ else "bwd"
+    neuron = "CLIF" if ce.get("IS_CLIF") else "LIF"
+    flags = [f for f in ("HARD_RESET", "DETACH_RESET") if ce.get(f)]
+    if "SURROGATE" in ce:
+        flags.append(f"SURROGATE={ce['SURROGATE']}")
+    if not ce.get("HAS_V0"):
+        flags.append("no optional inputs")
+    if ckpt_dtype != "fp32":
+        flags.append(f"ckpt ptr {ckpt_dtype}")
+    row = _row("triton", kind, dtype, {"fp32": 4}.get(dtype, 2), ",".join(flags) or "-", neuron,
+               insns, regs.get(name), warps * 32, label,
+               unrequested=kind == "fwd" and ce.get("STORE_STATE", True))
+    row["barriers"] = sum(i.base == "BAR" for i in insns)
+    row["shared_insns"] = sum(i.base in ("STS", "LDS", "LDSM") for i in insns)
+    return row
 
 
 def triton_rows(arch=90):
     """One row per Triton kernel variant that `triton_aot` compiles for CI."""
     from dev import triton_aot
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for k, (fn, ce, dtype, ckpt_dtype, kernel, warps) in enumerate(
-                triton_aot.compiled_variants(arch, aligned=True)):
-            path = os.path.join(tmp, f"{k}.cubin")
-            with open(path, "wb") as f:
-                f.write(kernel.asm["cubin"])
-            funcs, regs = _sass(path)
-            (name, insns), = funcs.items()
-            kind = "fwd" if "fwd" in fn.__name__ else "bwd"
-            neuron = "CLIF" if ce.get("IS_CLIF") else "LIF"
-            flags = [f for f in ("HARD_RESET", "DETACH_RESET") if ce.get(f)]
-            if "SURROGATE" in ce:
-                flags.append(f"SURROGATE={ce['SURROGATE']}")
-            if not ce.get("HAS_V0"):
-                flags.append("no optional inputs")
-            if ckpt_dtype != "fp32":
-                flags.append(f"ckpt ptr {ckpt_dtype}")
-            rows.append(_row("triton", kind, dtype, {"fp32": 4}.get(dtype, 2),
-                             ",".join(flags) or "-", neuron, insns, regs.get(name), warps * 32))
+    for fn, ce, dtype, ckpt_dtype, kernel, warps in triton_aot.compiled_variants(arch,
+                                                                               aligned=True):
+        label = "previous" if triton_aot.is_previous(fn, ce) else "current"
+        rows.append(_triton_row(fn, ce, dtype, ckpt_dtype, kernel, warps, label))
     return rows
 
 
-def _row(impl, kind, dtype, elt, variant, neuron, insns, regs, threads):
+def triton_bench_rows(module, label, arch=90, fwd_block=None, fwd_warps=None, extra_fwd=None,
+                      bwd_fn=None):
+    """The fp32 and bf16 forward and backward of a Triton kernel module (this tree's, or an older
+    revision's) as the benchmark runs them, compiled for sm_<arch>."""
+    from triton.backends.compiler import GPUTarget
+    import triton
+    from dev import triton_aot
+    target = GPUTarget("cuda", arch, 32)
+    rows = []
+    for dtype in ("fp32", "bf16"):
+        ce = dict(BENCH_FWD, **(extra_fwd or {}), K=8,
+                  BLOCK=(fwd_block(dtype) if fwd_block else module.FWD_BLOCK))
+        warps = fwd_warps or module.FWD_WARPS
+        fn = module.clif_fwd_kernel
+        k = triton.compile(triton_aot._source(fn, triton_aot._signature(fn, ce, dtype), ce, True),
+                           target=target, options={"num_warps": warps})
+        rows.append(_triton_row(fn, ce, dtype, "fp32", k, warps, label))
+        fn = bwd_fn or module.clif_bwd_kernel
+        ce = dict(BENCH_BWD, K=8, BLOCK=module.BWD_BLOCK)
+        # T <= 8: the launcher passes x for the checkpoint pointer.
+        k = triton.compile(triton_aot._source(fn, triton_aot._signature(fn, ce, dtype, dtype),
+                                              ce, True),
+                           target=target, options={"num_warps": module.BWD_WARPS})
+        rows.append(_triton_row(fn, ce, dtype, dtype, k, module.BWD_WARPS, label))
+    return rows
+
+
+def _row(impl, kind, dtype, elt, variant, neuron, insns, regs, threads, version,
+         unrequested=False):
     paths = loop_paths(insns)
-    row = dict(impl=impl, kind=kind, dtype=dtype, neuron=neuron, variant=variant, regs=regs,
-               threads_per_sm=occupancy(regs or 0, threads),
-               design_bytes=design_bytes(kind, elt))
+    row = dict(impl=impl, version=version, kind=kind, dtype=dtype, neuron=neuron,
+               variant=variant, regs=regs, threads_per_sm=occupancy(regs or 0, threads),
+               design_bytes=design_bytes(kind, elt),
+               # vT and mT, written once per neuron (T = 8 steps) when nobody asked for them.
+               unrequested_bytes=2 * elt / SHAPE[0] if unrequested else 0.0)
     row["occupancy"] = row["threads_per_sm"] / H200["threads"]
     fast, slow = paths["fast"], paths["slow"]
     steps = fast["stg_bytes"] / elt  # element-steps per thread and iteration
@@ -349,18 +458,162 @@ def _row(impl, kind, dtype, elt, variant, neuron, insns, regs, threads):
     row["mufu_slow"] = slow["mufu"] / (slow["stg_bytes"] / elt)
     row["insns_slow"] = slow["insns"] / (slow["stg_bytes"] / elt)
     row["load_width_bits"] = 8 * fast["ldg_bytes"] / max(fast["ldg"], 1)
-    row["in_flight_bytes"] = paths["in_flight_bytes"]
+    for key in ("waits", "wait_list", "first_wait_bytes", "in_flight_bytes", "loop_bytes"):
+        row[key] = paths[key]
     row.update(bounds(row))
-    limits = {k: row[k] for k in ("mufu_ms", "fp32_ms", "issue_ms", "memory_ms", "latency_ms")}
-    row["binding"] = max(limits, key=limits.get).replace("_ms", "")
-    row["model_ms"] = max(limits.values())
     return row
 
 
-COLUMNS = ("impl", "kind", "dtype", "neuron", "variant", "regs", "occupancy", "steps_per_iter",
-           "insns", "insns_slow", "mufu", "mufu_slow", "fp32", "ldg", "stg", "load_width_bits",
-           "in_flight_bytes", "mufu_ms", "fp32_ms", "issue_ms", "memory_ms", "latency_ms",
+COLUMNS = ("impl", "version", "kind", "dtype", "neuron", "variant", "regs", "occupancy",
+           "steps_per_iter", "insns", "insns_slow", "mufu", "mufu_slow", "fp32", "ldg", "stg",
+           "load_width_bits", "waits", "first_wait_bytes", "in_flight_bytes", "loop_bytes",
+           "unrequested_bytes", "waves", "mufu_ms", "issue_ms", "bandwidth_ms", "chain_ms",
            "model_ms", "binding")
+
+# What an H200 measured at git 3eabc74 (2026-11-28; benchmarks/NOTES.md): T = 8, N = 2^23, ms.
+MEASURED_3EABC74 = {
+    ("triton", "fwd", "fp32"): 0.155, ("triton", "fwd", "bf16"): 0.095,
+    ("triton", "bwd", "fp32"): 0.486, ("triton", "bwd", "bf16"): 0.456,
+    ("cuda", "fwd+bwd", "fp32"): 0.716, ("cuda", "fwd+bwd", "bf16"): 0.675,
+}
+CALIBRATION_REV = "3eabc74"
+CALIBRATION_CSV = os.path.join(os.path.dirname(os.path.abspath(__file__)), "calibration_sm90.csv")
+# What bounds() needs of a row, as the calibration file keeps it.
+_KEEP = ("impl", "version", "kind", "dtype", "neuron", "variant", "regs", "threads_per_sm",
+         "steps_per_iter", "insns", "mufu", "design_bytes", "unrequested_bytes", "loop_bytes",
+         "first_wait_bytes", "wait_list")
+
+
+def bench_pairs(rows):
+    """{(impl, dtype): (forward row, backward row)}: the kernels the benchmark's CLIF call runs
+    (clif's defaults: rectangle surrogate, soft reset; the vector path)."""
+    out = {}
+    for impl in ("cuda", "triton"):
+        for dtype in ("fp32", "bf16"):
+            pick = {}
+            for r in rows:
+                if (r["impl"], r["dtype"], r["neuron"]) != (impl, dtype, "CLIF"):
+                    continue
+                if impl == "cuda":
+                    lanes = int(r["variant"].split(",")[0][2:])
+                    if lanes == 1 or "SG=" in r["variant"] and r["variant"].split("SG=")[1] \
+                            not in ("0", "any"):
+                        continue
+                pick.setdefault(r["kind"], r)
+            if len(pick) == 2:
+                out[(impl, dtype)] = (pick["fwd"], pick["bwd"])
+    return out
+
+
+def fwd_bwd(pair, consts=None):
+    """Model time (ms) of a forward plus a backward, and its share of the copy bandwidth."""
+    fwd, bwd = pair
+    t = bounds(fwd, consts=consts)["model_ms"] + bounds(bwd, consts=consts)["model_ms"]
+    floor = SHAPE[0] * SHAPE[1] * (fwd["design_bytes"] + bwd["design_bytes"]) \
+        / (H200["copy_gbps"] * 1e9) * 1e3
+    return t, floor / t
+
+
+def calibration_errors(rows, consts=None):
+    """{measurement: (model ms, measured ms, relative error)} for the 3eabc74 kernels' rows."""
+    out = {}
+    pairs = bench_pairs(rows)
+    for (impl, kind, dtype), measured in MEASURED_3EABC74.items():
+        pair = pairs[(impl, dtype)]
+        if kind == "fwd+bwd":
+            model = fwd_bwd(pair, consts)[0]
+        else:
+            model = bounds(pair[0] if kind == "fwd" else pair[1], consts=consts)["model_ms"]
+        out[(impl, kind, dtype)] = (model, measured, model / measured - 1)
+    return out
+
+
+def fit(rows):
+    """The constants, on a grid, that minimise the largest relative error over the
+    measurements; returns (constants, largest error)."""
+    best = None
+    for lat in [0.3 + 0.05 * i for i in range(15)]:
+        for cpi in [1 + 0.25 * i for i in range(13)]:
+            for p in (1.0, 1.5, 2.0, 3.0, 4.0, 8.0):
+                for fetch in range(0, 21, 2):
+                    consts = dict(latency_us=round(lat, 2), cpi=cpi, p=p, fetch=float(fetch))
+                    worst = max(abs(e) for *_, e in calibration_errors(rows, consts).values())
+                    if best is None or worst < best[1] - 1e-12:
+                        best = (consts, worst)
+    return best
+
+
+def calibration_rows_from_git(arch=90, rev=CALIBRATION_REV):
+    """Compile the CUDA and Triton kernels of git revision `rev` (from this clone's history)
+    and return their rows."""
+    import importlib.util
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with tempfile.TemporaryDirectory() as tmp:
+        archive = subprocess.run(["git", "archive", rev, "csrc", "clif_kernels/options.py",
+                                  "clif_kernels/triton_kernels.py"], cwd=root,
+                                 capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
+        rows = [r for r in cuda_rows(arch, os.path.join(tmp, "csrc"), version=rev)]
+        pkg = os.path.join(tmp, "clif_kernels")
+        open(os.path.join(pkg, "__init__.py"), "w").close()
+        name = f"clif_kernels_{rev}"
+        spec = importlib.util.spec_from_file_location(
+            name, os.path.join(pkg, "__init__.py"), submodule_search_locations=[pkg])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+        tk = importlib.import_module(f"{name}.triton_kernels")
+        rows += triton_bench_rows(tk, rev, arch)
+    return rows
+
+
+def current_bench_rows(arch=90):
+    """This tree's kernels as the benchmark runs them: the CUDA rows (current and previous)
+    and the Triton forward and backward of both variants."""
+    from clif_kernels import triton_kernels as tk
+    rows = cuda_rows(arch)
+    rows += triton_bench_rows(
+        tk, "current", arch, fwd_block=lambda d: tk.FWD_BLOCK if d == "fp32"
+        else tk.FWD_BLOCK_16BIT, extra_fwd=dict(STORE_STATE=STORE_STATE_IN_BENCH, PREFETCH=True))
+    rows += triton_bench_rows(tk, "previous", arch, extra_fwd=dict(STORE_STATE=True,
+                                                                  PREFETCH=False),
+                              bwd_fn=tk.clif_bwd_tiled_kernel)
+    return rows
+
+
+def predictions(rows, consts=None):
+    """{(impl, version, dtype): (fwd ms, bwd ms, fwd+bwd ms, share of copy)} at T = 8,
+    N = 2^23, for the benchmark's kernels among `rows`."""
+    out = {}
+    for version in sorted({r["version"] for r in rows}):
+        for (impl, dtype), pair in bench_pairs([r for r in rows
+                                                if r["version"] == version]).items():
+            t, share = fwd_bwd(pair, consts)
+            out[(impl, version, dtype)] = (bounds(pair[0], consts=consts)["model_ms"],
+                                           bounds(pair[1], consts=consts)["model_ms"], t, share)
+    return out
+
+
+def save_rows(rows, path):
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=_KEEP, extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow(dict(r, wait_list=";".join(f"{b}:{h}" for b, h in r["wait_list"])))
+
+
+def load_rows(path):
+    rows = []
+    with open(path) as f:
+        for r in csv.DictReader(f):
+            for k in ("regs", "threads_per_sm", "first_wait_bytes", "loop_bytes"):
+                r[k] = int(float(r[k]))
+            for k in ("steps_per_iter", "insns", "mufu", "design_bytes", "unrequested_bytes"):
+                r[k] = float(r[k])
+            r["wait_list"] = [tuple(int(v) for v in w.split(":"))
+                              for w in r["wait_list"].split(";") if w]
+            rows.append(r)
+    return rows
 
 
 def _fmt(v):
@@ -372,7 +625,22 @@ def main(argv=None):
     ap.add_argument("--arch", type=int, default=90)
     ap.add_argument("--csv", default=None)
     ap.add_argument("--only", choices=("cuda", "triton"), default=None)
+    ap.add_argument("--calibration-rows", metavar="CSV", default=None,
+                    help=f"compile the kernels of git {CALIBRATION_REV} and write their rows")
+    ap.add_argument("--fit", action="store_true",
+                    help="fit the constants to the calibration rows (dev/calibration_sm90.csv)")
     args = ap.parse_args(argv)
+    if args.calibration_rows:
+        save_rows(calibration_rows_from_git(args.arch), args.calibration_rows)
+        print(f"wrote {args.calibration_rows}")
+        return 0
+    if args.fit:
+        rows = load_rows(CALIBRATION_CSV)
+        consts, worst = fit(rows)
+        print(f"fit: {consts}, largest error {worst:.1%}")
+        for k, (m, meas, e) in calibration_errors(rows, consts).items():
+            print(f"  {' '.join(k):22} model {m:.3f} ms, measured {meas:.3f} ms ({e:+.0%})")
+        return 0
     if os.environ.get("TRITON_INTERPRET") == "1" and args.only != "cuda":
         sys.exit("run without TRITON_INTERPRET=1: the interpreter does not compile")
     rows = []

@@ -16,17 +16,19 @@ from clif_kernels import build_config
 from clif_kernels.extension import CSRC
 
 
-def nvcc_command(arch: int, out: str):
+def nvcc_command(arch: int, out: str, csrc: str = CSRC):
+    """nvcc's command line for csrc/clif_cuda_kernels.cu (or that file in another `csrc` folder,
+    such as an older revision's) for sm_<arch>, with `ptxas -v`."""
     cuda_home = build_config.find_cuda_home()
     if cuda_home is None:
         raise RuntimeError("nvcc not found")
     os.environ["CUDA_HOME"] = cuda_home
     from torch.utils import cpp_extension
-    incs = [CSRC] + cpp_extension.include_paths()
+    incs = [csrc] + cpp_extension.include_paths()
     # The language standard torch's headers demand (C++20 in recent releases, C++17 before).
     with open(os.path.join(incs[1], "ATen", "ATen.h")) as f:
         std = "c++20" if "C++20" in f.read() else "c++17"
-    return ([os.path.join(cuda_home, "bin", "nvcc"), "-c", os.path.join(CSRC, "clif_cuda_kernels.cu"),
+    return ([os.path.join(cuda_home, "bin", "nvcc"), "-c", os.path.join(csrc, "clif_cuda_kernels.cu"),
              "-o", out, f"-std={std}", *build_config.NVCC_FLAGS,
              "-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__",
              "-D__CUDA_NO_BFLOAT16_CONVERSIONS__", "-D__CUDA_NO_HALF2_OPERATORS__",
@@ -35,15 +37,31 @@ def nvcc_command(arch: int, out: str):
             + [f"-I{d}" for d in incs])
 
 
-def compile_report(arch: int):
+_CUBINS = {}
+
+
+def compile_cubin(arch: int, csrc: str = CSRC):
+    """(cubin bytes, ptxas -v report) of csrc/clif_cuda_kernels.cu for sm_<arch>, compiled once
+    per process and folder (the spill check and the cost model read the same compile)."""
+    key = (arch, os.path.abspath(csrc))
+    if key not in _CUBINS:
+        with tempfile.TemporaryDirectory() as tmp:
+            out = os.path.join(tmp, "clif_cuda.cubin")
+            cmd = nvcc_command(arch, out, csrc)
+            cmd[cmd.index("-c")] = "-cubin"
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise RuntimeError(f"nvcc failed for sm_{arch}:\n{proc.stderr[-4000:]}")
+            with open(out, "rb") as f:
+                _CUBINS[key] = (f.read(), proc.stderr)
+    return _CUBINS[key]
+
+
+def compile_report(arch: int, csrc: str = CSRC):
     """Compile for sm_<arch>; returns [(kernel, registers, spill_store_bytes, spill_load_bytes)]."""
-    with tempfile.TemporaryDirectory() as tmp:
-        proc = subprocess.run(nvcc_command(arch, os.path.join(tmp, "clif_cuda.o")),
-                              capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"nvcc failed for sm_{arch}:\n{proc.stderr[-4000:]}")
+    _, report = compile_cubin(arch, csrc)
     rows, name, spills = [], None, (0, 0)
-    for line in proc.stderr.splitlines():
+    for line in report.splitlines():
         m = re.search(r"Compiling entry function '(\w+)'", line)
         if m:
             name = m.group(1)

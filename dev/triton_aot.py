@@ -20,7 +20,8 @@ from triton.compiler import ASTSource
 from clif_kernels import triton_kernels as tk
 from clif_kernels.options import SURROGATES
 
-_FWD_FLAGS = ("HAS_V0", "HAS_M0", "HARD_RESET", "IS_CLIF", "SAVE_CKPT")
+_FWD_FLAGS = ("HAS_V0", "HAS_M0", "HARD_RESET", "IS_CLIF", "SAVE_CKPT", "STORE_STATE",
+              "PREFETCH")
 _BWD_FLAGS = ("HAS_V0", "HAS_M0", "HAS_GS", "HAS_GVT", "HAS_GMT", "HARD_RESET", "IS_CLIF",
               "DETACH_RESET")
 
@@ -44,12 +45,14 @@ def variants():
     branch: each combination of the flags that change the arithmetic, with the presence flags
     (optional inputs and gradients) all on or all off in turn. The checkpoint pointer is fp32
     when there are checkpoints (T > K); otherwise the launcher passes `x`, so the backward is
-    also compiled with a checkpoint pointer of the storage dtype."""
+    also compiled with a checkpoint pointer of the storage dtype. Last, the previous kernels
+    (CLIF_KERNELS_GPU_KERNELS=previous) in fp32 and bf16."""
     out = []
     for i, (hard, clif) in enumerate(itertools.product([False, True], repeat=2)):
         for present in (False, True):
-            ce = dict(HAS_V0=present, HAS_M0=present, SAVE_CKPT=present, HARD_RESET=hard,
-                      IS_CLIF=clif, K=tk.CKPT_EVERY, BLOCK=tk.FWD_BLOCK)
+            ce = dict(HAS_V0=present, HAS_M0=present, SAVE_CKPT=present, STORE_STATE=present,
+                      HARD_RESET=hard, IS_CLIF=clif, PREFETCH=True, K=tk.CKPT_EVERY,
+                      BLOCK=tk.FWD_BLOCK)
             out.append((tk.clif_fwd_kernel, ce, "fp32", "fp32"))
     # The surrogate's branch does not interact with the flags: each flag combination once (the
     # surrogates in turn), then each surrogate in the heaviest combination (CLIF, hard reset,
@@ -64,13 +67,27 @@ def variants():
                   SURROGATE=surrogate, K=tk.CKPT_EVERY, BLOCK=tk.BWD_BLOCK)
         out.append((tk.clif_bwd_kernel, ce, "fp32", "fp32"))
     for dtype in ("bf16", "fp16"):
-        out.append((tk.clif_fwd_kernel, dict(zip(_FWD_FLAGS, [True] * 5), K=tk.CKPT_EVERY,
-                                             BLOCK=tk.FWD_BLOCK), dtype, "fp32"))
+        out.append((tk.clif_fwd_kernel, dict(zip(_FWD_FLAGS, [True] * 7), K=tk.CKPT_EVERY,
+                                             BLOCK=tk.FWD_BLOCK_16BIT), dtype, "fp32"))
         for ckpt_dtype in ("fp32", dtype):
             out.append((tk.clif_bwd_kernel, dict(zip(_BWD_FLAGS, [True] * 8), SURROGATE=1,
                                                  K=tk.CKPT_EVERY, BLOCK=tk.BWD_BLOCK), dtype,
                         ckpt_dtype))
+    for dtype in ("fp32", "bf16"):
+        out.append((tk.clif_fwd_kernel, dict(zip(_FWD_FLAGS, [False, False, False, True, False,
+                                                              True, False]),
+                                             K=tk.CKPT_EVERY, BLOCK=tk.FWD_BLOCK), dtype,
+                    "fp32"))
+        out.append((tk.clif_bwd_tiled_kernel, dict(zip(_BWD_FLAGS, [False, False, True, False,
+                                                                     False, False, True, False]),
+                                                   SURROGATE=0, K=tk.CKPT_EVERY,
+                                                   BLOCK=tk.BWD_BLOCK), dtype, "fp32"))
     return out
+
+
+def is_previous(fn, constexprs):
+    """Whether a variant is one of the previous kernels (kept for the comparison on a GPU)."""
+    return fn is tk.clif_bwd_tiled_kernel or constexprs.get("PREFETCH") is False
 
 
 def _resource_usage(cubin: bytes):
