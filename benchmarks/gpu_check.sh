@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One-shot verification on a lent GPU (no network there): build, GPU tests, the headline
+# One-shot verification on a GPU host (no network there): build, GPU tests, the headline
 # benchmark, the spiking ResNet-18 training benchmark, kernel-level timings, check, torch.compile
 # of the ResNet, then a wider sweep with what time is left.
 # Results go to benchmarks/results/ and, when $OUT is set (the device tool sets it), are copied
@@ -107,7 +107,7 @@ if [ "$GPU" = 1 ]; then
   else
     echo "== memcheck: compute-sanitizer not found on this host" | tee -a "$LOG"
   fi
-  # The issue's headline: T=8, N=2^23 (the ResNet shape [8, 64, 128, 32, 32]), every provider.
+  # The headline case: T=8, N=2^23 (the ResNet shape [8, 64, 128, 32, 32]), every provider.
   step bench 180 python3 -m clif_kernels bench --out "$RES" --sweep 8:8388608
   # The spiking ResNet-18's training step, every provider but torch.compile (its own step
   # below), T=8 first: time, peak memory, neuron share, largest batch in 40 GiB.

@@ -40,7 +40,7 @@ FUSED = tuple(n for n in REGISTRY if n != REFERENCE)
 PROVIDERS = ("naive", "compiled", "spikingjelly") + tuple(REGISTRY)
 MODES = ("fwd", "fwd+bwd")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-# The ResNet case of the issue: [T, B, C, H, W] = [8, 64, 128, 32, 32], N = 2^23.
+# The ResNet-18 layer shape: [T, B, C, H, W] = [8, 64, 128, 32, 32], N = 2^23.
 RESNET_SHAPE = (8, 64, 128, 32, 32)
 
 
