@@ -1,7 +1,7 @@
-"""Benchmark sweep; the same as `python -m clif_kernels bench`. See clif_kernels/tools/benchmark.py."""
+"""The neuron's benchmark sweep from a clone: the same as `clif-kernels bench` (its options)."""
 import sys
 
-from clif_kernels.tools.benchmark import main
+from clif_kernels.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["bench", *sys.argv[1:]]))

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One-shot verification on a lent GPU (no network there): build, GPU tests, the headline
+# One-shot verification on a GPU host (no network there): build, GPU tests, the headline
 # benchmark, the spiking ResNet-18 training benchmark, kernel-level timings, check, torch.compile
 # of the ResNet, then a wider sweep with what time is left.
 # Results go to benchmarks/results/ and, when $OUT is set (the device tool sets it), are copied
@@ -107,17 +107,17 @@ if [ "$GPU" = 1 ]; then
   else
     echo "== memcheck: compute-sanitizer not found on this host" | tee -a "$LOG"
   fi
-  # The issue's headline: T=8, N=2^23 (the ResNet shape [8, 64, 128, 32, 32]), every provider.
+  # The headline case: T=8, N=2^23 (the ResNet shape [8, 64, 128, 32, 32]), every provider.
   step bench 180 python3 -m clif_kernels bench --out "$RES" --sweep 8:8388608
   # The spiking ResNet-18's training step, every provider but torch.compile (its own step
   # below), T=8 first: time, peak memory, neuron share, largest batch in 40 GiB.
-  step model 240 python3 -m clif_kernels bench --model resnet18 --out "$RES" --time-budget 170 \
+  step model 240 python3 -m clif_kernels bench-model --out "$RES" --time-budget 170 \
     --providers cuda,triton,spikingjelly,spikingjelly+memopt,naive,lif,torch
   step tune 90 python3 benchmarks/tune_gpu.py --out "$RES"
   step check 90 python3 -m clif_kernels check
   # torch.compile of the whole ResNet with the loop neuron, T=8, added to the model's CSV; the
   # bfloat16 case (a second compile) starts only if float32 took under a minute.
-  step model_compiled 150 python3 -m clif_kernels bench --model resnet18 --out "$RES" --append \
+  step model_compiled 150 python3 -m clif_kernels bench-model --out "$RES" --append \
     --providers compiled --T 8 --time-budget 60
   # The rest of the sweep, fused backends and the naive loop only, with the time that is left.
   left=$((DEADLINE - SECONDS - 30))
@@ -128,8 +128,12 @@ else
   step tests 300 python3 -m pytest -q -x -p no:cacheprovider tests/test_fused.py -k "cpp and golden"
   step check 120 python3 -m clif_kernels check
   step bench 300 python3 -m clif_kernels bench --out "$RES" --quick
-  step model 240 python3 -m clif_kernels bench --model resnet18 --quick --out "$RES" \
+  step model 240 python3 -m clif_kernels bench-model --quick --out "$RES" \
     --tag model_dryrun
+fi
+# The plots, drawn from the CSVs by the clone's plotting script where matplotlib is installed.
+if python3 -c "import matplotlib" 2>/dev/null; then
+  for f in "$RES"/bench_*.csv; do python3 benchmarks/plot.py "$f" || true; done
 fi
 
 publish

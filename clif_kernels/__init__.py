@@ -2,10 +2,41 @@
 
     >>> import torch, clif_kernels
     >>> spikes = clif_kernels.clif(torch.randn(8, 4, 16))
-"""
-from .functional import clif, lif
-from .modules import CLIFNode, LIFNode
-from .options import BACKENDS, SURROGATES
 
-__version__ = "0.1.0"
-__all__ = ["clif", "lif", "CLIFNode", "LIFNode", "BACKENDS", "SURROGATES", "__version__"]
+The names below load on first use, so that `import clif_kernels` (and the command line's
+`--help` and `--version`) does not import torch until something needs it.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from ._version import __version__
+
+if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ loads them
+    from .functional import clif, lif
+    from .modules import CLIFNode, LIFNode
+    from .options import BACKENDS, SURROGATES
+
+# What users call. `BACKENDS` and `SURROGATES` (the accepted names) stay reachable too.
+__all__ = ["clif", "lif", "CLIFNode", "LIFNode", "__version__"]
+
+_LAZY = {"clif": "functional", "lif": "functional", "CLIFNode": "modules", "LIFNode": "modules",
+         "BACKENDS": "options", "SURROGATES": "options"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    try:  # a submodule: clif_kernels.functional, clif_kernels.extension, ...
+        return importlib.import_module(f".{name}", __name__)
+    except ModuleNotFoundError as e:
+        if e.name != f"{__name__}.{name}":
+            raise
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

@@ -182,6 +182,9 @@ def resolve_backend(backend, device: torch.device, dtype: torch.dtype) -> str:
     if backend == "auto":
         name = next((n for n in AUTO_ORDER.get(device.type, ("torch",))
                      if REGISTRY[n].unavailable_reason(device, dtype) is None), "torch")
+        if device.type == "cuda" and REGISTRY[name].devices is None:  # the reference: say so
+            extension.warn_slow_path(device.type, {n: REGISTRY[n].unavailable_reason(
+                device, dtype) for n in AUTO_ORDER["cuda"] if REGISTRY[n].devices is not None})
     else:
         why = REGISTRY[backend].unavailable_reason(device, dtype)
         if why is not None:

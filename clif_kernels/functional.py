@@ -1,5 +1,6 @@
 """The public functional API: `clif` and `lif` over a whole sequence `[T, *]`."""
 import math
+from typing import Optional, Tuple, Union
 
 import torch
 
@@ -102,9 +103,13 @@ def run(x_seq, is_clif, v0, m0, return_state, backend, opts):
     return (spikes, vT, mT) if is_clif else (spikes, vT)
 
 
-def clif(x_seq, *, tau=2.0, v_threshold=1.0, v_reset=None, decay_input=False,
-         surrogate="rectangle", alpha=None, beta=None, detach_reset=False, v0=None, m0=None,
-         return_state=False, backend="auto"):
+def clif(x_seq: torch.Tensor, *, tau: float = 2.0, v_threshold: float = 1.0,
+         v_reset: Optional[float] = None, decay_input: bool = False,
+         surrogate: str = "rectangle", alpha: Optional[float] = None,
+         beta: Optional[float] = None, detach_reset: bool = False,
+         v0: Optional[torch.Tensor] = None, m0: Optional[torch.Tensor] = None,
+         return_state: bool = False, backend: str = "auto",
+         ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """CLIF neuron over a whole sequence.
 
     Args:
@@ -133,9 +138,12 @@ def clif(x_seq, *, tau=2.0, v_threshold=1.0, v_reset=None, decay_input=False,
     return run(x_seq, True, v0, m0, return_state, backend, opts)
 
 
-def lif(x_seq, *, tau=2.0, v_threshold=1.0, v_reset=None, decay_input=False,
-        surrogate="rectangle", alpha=None, beta=None, detach_reset=False, v0=None,
-        return_state=False, backend="auto"):
+def lif(x_seq: torch.Tensor, *, tau: float = 2.0, v_threshold: float = 1.0,
+        v_reset: Optional[float] = None, decay_input: bool = False,
+        surrogate: str = "rectangle", alpha: Optional[float] = None,
+        beta: Optional[float] = None, detach_reset: bool = False,
+        v0: Optional[torch.Tensor] = None, return_state: bool = False, backend: str = "auto",
+        ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
     """LIF neuron over a whole sequence: `clif` without the complementary potential.
 
     Returns spikes `[T, *]`, or `(spikes, vT)` with `return_state=True`.

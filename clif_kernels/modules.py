@@ -17,6 +17,8 @@ and new states out), each call one fused launch. `CLIFNode` drives it from its o
 """
 from __future__ import annotations
 
+from typing import Any, Optional
+
 import torch
 from torch import nn
 
@@ -233,9 +235,12 @@ class CLIFNode(_Node):
 
     _is_clif = True
 
-    def __init__(self, tau=2.0, v_threshold=1.0, v_reset=None, decay_input=False,
-                 surrogate=None, alpha=None, detach_reset=False, step_mode="s",
-                 backend="auto", store_state_seqs=False, surrogate_function=None, beta=None):
+    def __init__(self, tau: float = 2.0, v_threshold: float = 1.0,
+                 v_reset: Optional[float] = None, decay_input: bool = False,
+                 surrogate: Optional[str] = None, alpha: Optional[float] = None,
+                 detach_reset: bool = False, step_mode: str = "s", backend: str = "auto",
+                 store_state_seqs: bool = False, surrogate_function: Any = None,
+                 beta: Optional[float] = None) -> None:
         super().__init__(tau, v_threshold, v_reset, decay_input, surrogate, alpha, detach_reset,
                          step_mode, backend, store_state_seqs, surrogate_function, beta)
 
@@ -247,8 +252,11 @@ class LIFNode(_Node):
     _is_clif = False
     _default_surrogate = "sigmoid"
 
-    def __init__(self, tau=2.0, v_threshold=1.0, v_reset=0.0, decay_input=True,
-                 surrogate=None, alpha=None, detach_reset=False, step_mode="s",
-                 backend="auto", store_state_seqs=False, surrogate_function=None, beta=None):
+    def __init__(self, tau: float = 2.0, v_threshold: float = 1.0,
+                 v_reset: Optional[float] = 0.0, decay_input: bool = True,
+                 surrogate: Optional[str] = None, alpha: Optional[float] = None,
+                 detach_reset: bool = False, step_mode: str = "s", backend: str = "auto",
+                 store_state_seqs: bool = False, surrogate_function: Any = None,
+                 beta: Optional[float] = None) -> None:
         super().__init__(tau, v_threshold, v_reset, decay_input, surrogate, alpha, detach_reset,
                          step_mode, backend, store_state_seqs, surrogate_function, beta)

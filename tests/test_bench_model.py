@@ -1,4 +1,4 @@
-"""The model benchmark (`bench --model resnet18`) compares equal work: every provider's spiking
+"""The model benchmark (`clif-kernels bench-model`) compares equal work: every provider's spiking
 ResNet-18 computes the reference-neuron model's loss and gradients on the same weights and data;
 and the benchmark runs end to end at a tiny size."""
 import csv
@@ -7,9 +7,8 @@ import os
 import pytest
 import torch
 
-from clif_kernels import backends
+from clif_kernels import backends, cli
 from clif_kernels.tools import bench_model as bm
-from clif_kernels.tools import benchmark
 from clif_kernels.tools.models import NEURON_RANGE, Neuron
 
 @pytest.fixture(autouse=True)
@@ -109,11 +108,11 @@ def test_benchmark_runs_and_writes_its_files(tmp_path):
     process (how it measures a CPU case's peak memory)."""
     providers = ["naive", "torch", "cpp", "lif", "spikingjelly", "spikingjelly+memopt"]
     runnable = [p for p in providers if bm.why_not(p, CPU) is None]
-    argv = ["--model", "resnet18", "--providers", ",".join(providers), "--T", "2",
+    argv = ["bench-model", "--model", "resnet18", "--providers", ",".join(providers), "--T", "2",
             "--batch", "2", "--width", "4", "--warmup", "1", "--steps", "1", "--dtypes",
             "float32,bfloat16", "--isolate", "no", "--out", str(tmp_path), "--tag", "t",
             "--device", "cpu"]
-    assert benchmark.main(argv) == 0  # `python -m clif_kernels bench --model resnet18 ...`
+    assert cli.main(argv) == 0  # `clif-kernels bench-model --model resnet18 ...`
     with open(tmp_path / "bench_t.csv") as f:
         rows = list(csv.DictReader(f))
     assert sorted((r["provider"], r["dtype"]) for r in rows) == sorted(
@@ -150,7 +149,7 @@ def test_largest_batch_search(law, start, largest, most_probes):
 def test_benchmark_on_gpu_searches_the_largest_batch(tmp_path):
     """The GPU path end to end at a tiny size: max_memory_allocated, the profiler's kernel
     times, and the largest batch in a 64 MiB budget, which a step at that batch must meet."""
-    argv = ["--model", "resnet18", "--providers", "naive,cuda,triton", "--T", "2", "--batch",
+    argv = ["bench-model", "--model", "resnet18", "--providers", "naive,cuda,triton", "--T", "2", "--batch",
             "2", "--width", "4", "--warmup", "1", "--steps", "2", "--dtypes", "float32",
             "--mem-budget-gib", str(64 / 1024), "--out", str(tmp_path), "--tag", "g",
             "--device", "cuda"]

@@ -7,6 +7,7 @@ import time
 import pytest
 import torch
 
+from clif_kernels import cli
 from clif_kernels.tools import demo
 
 
@@ -74,8 +75,8 @@ def test_calibration_gives_both_neurons_the_same_initial_rate():
 
 def test_demo_command_keeps_its_time_budget(tmp_path, capsys):
     start = time.time()
-    assert demo.main(["--seconds", "2", "--seeds", "1", "--delays", "0",
-                      "--out", str(tmp_path)]) == 0
+    assert cli.main(["demo", "--seconds", "2", "--seeds", "1", "--delays", "0",
+                     "--out", str(tmp_path)]) == 0
     # Start-up, one last update and evaluation and the plot may run past the budget; not by much.
     assert time.time() - start < 2 + 15
     assert "delay" in capsys.readouterr().out
@@ -88,5 +89,6 @@ def test_demo_command_keeps_its_time_budget(tmp_path, capsys):
 def test_demo_rejects_bad_arguments():
     for argv in (["--seconds", "0"], ["--seeds", "0"], ["--delays", "a,b"], ["--delays", "-1"],
                  ["--tau", "1"]):
-        with pytest.raises(SystemExit):
-            demo.main(argv)
+        with pytest.raises(SystemExit) as e:
+            cli.main(["demo", *argv])
+        assert e.value.code == 2, argv

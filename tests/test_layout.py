@@ -12,7 +12,7 @@ from clif_kernels import backends, ops
 from clif_kernels.options import CKPT_EVERY, SURROGATES, n_checkpoints
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RUNTIME = {"clif_kernels", "clif_kernels.backends", "clif_kernels.extension",
+RUNTIME = {"clif_kernels", "clif_kernels._version", "clif_kernels.backends", "clif_kernels.extension",
            "clif_kernels.functional", "clif_kernels.modules", "clif_kernels.ops",
            "clif_kernels.options", "clif_kernels.reference", "clif_kernels.convert"}
 

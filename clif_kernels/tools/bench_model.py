@@ -1,8 +1,8 @@
 """What a user's training run gains: a spiking ResNet-18 (`tools/models.py`) trained with SGD on
 synthetic data, with the neuron swapped between providers.
 
-    python -m clif_kernels bench --model resnet18 --quick --out benchmarks/results   # CPU, < 2 min
-    python -m clif_kernels bench --model resnet18 --out benchmarks/results           # GPU, < 5 min
+    clif-kernels bench-model --quick --out results     # CPU, < 2 min
+    clif-kernels bench-model --out results             # GPU, < 5 min
 
 Providers (CLIF neuron, soft reset, tau = 2, rectangle surrogate, unless said):
   naive                the per-step eager loop (the paper's authors' way), `benchmark.naive_clif`
@@ -10,8 +10,8 @@ Providers (CLIF neuron, soft reset, tau = 2, rectangle surrogate, unless said):
   spikingjelly         SpikingJelly 2.0 `ComplementaryLIFNode(step_mode="m")`
   spikingjelly+memopt  the same after SpikingJelly's `memopt.optimize_memory(level=1)`: every
                        block checkpointed, spike inputs stored as 1 bit
-  torch                our reference backend (loop in fp32, autograd backward)
-  triton, cuda, cpp    our fused backends
+  the package's backends (backends.REGISTRY): the reference (loop in fp32, autograd
+                       backward) and the fused ones
   lif                  our LIF neuron (SpikingJelly's LIFNode defaults), fastest backend here:
                        what CLIF costs over LIF
 Each provider builds the same weights from the same seed and trains on the same data; the tests
@@ -28,7 +28,6 @@ process so that no provider inherits another's high-water mark or freed-but-kept
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import datetime
 import gc
@@ -42,13 +41,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..backends import resolve_backend, unavailable_reason
+from ..backends import REGISTRY, resolve_backend, unavailable_reason
 from . import benchmark
 from .models import NEURON_RANGE, BasicBlock, SpikingResNet18, Stem
 
-PROVIDERS = ("naive", "compiled", "spikingjelly", "spikingjelly+memopt", "torch", "triton",
-             "cuda", "cpp", "lif")
-FUSED = ("triton", "cuda", "cpp")
+PROVIDERS = (("naive", "compiled", "spikingjelly", "spikingjelly+memopt") + tuple(REGISTRY)
+             + ("lif",))
+FUSED = benchmark.FUSED
 DTYPES = ("float32", "bfloat16")
 COLUMNS = ["device", "model", "provider", "neuron", "impl", "dtype", "T", "batch", "width", "ms",
            "ms_min", "ms_max", "steps", "peak_mb", "neuron_share", "max_batch", "budget_gib",
@@ -102,7 +101,7 @@ def why_not(provider, device, dtype=torch.float32):
         return why
     if provider == "triton" and device.type != "cuda":
         return "timings of Triton's interpreter mean nothing"
-    if provider in ("torch", "cuda", "cpp"):
+    if provider in REGISTRY:
         return unavailable_reason(provider, device, dtype)
     return None
 
@@ -125,12 +124,12 @@ def make_neuron_factory(provider, device, dtype=torch.float32):
 
 
 def reference_factory(provider):
-    """The reference-neuron module a provider's model must agree with (our `torch` backend:
+    """The reference-neuron module a provider's model must agree with (the reference backend:
     the CLIF reference, or the LIF reference for `lif`)."""
     from .. import CLIFNode, LIFNode
     if provider == "lif":
-        return lambda: LIFNode(step_mode="m", backend="torch")
-    return lambda: CLIFNode(step_mode="m", backend="torch")
+        return lambda: LIFNode(step_mode="m", backend=benchmark.REFERENCE)
+    return lambda: CLIFNode(step_mode="m", backend=benchmark.REFERENCE)
 
 
 def build(provider, device, width, seed=0, dtype=torch.float32, example=None,
@@ -575,10 +574,11 @@ def _meta(device):
 
 def run(providers, dtypes, Ts, device, *, batch, width, warmup, steps, budget_gib=None,
         isolate=True, time_budget=None, on_row=None, rows=None, profile=True,
-        case_timeout=900):
+        case_timeout=900, failed=None):
     """Measure every (T, dtype, provider) case, T-major in the order given, torch.compile's
     cases after all others (so that a time budget cuts them first, then the last T); returns
-    the CSV rows (dicts), `rows` first."""
+    the CSV rows (dicts), `rows` first. Each case that fails is reported and appended to
+    `failed` (a list); the others still run."""
     rows = list(rows or [])
     meta = _meta(device)
     skipped = {}
@@ -606,6 +606,8 @@ def run(providers, dtypes, Ts, device, *, batch, width, warmup, steps, budget_gi
         except Exception as e:  # report, keep measuring the other cases
             sys.stderr.write(f"\n{p} {dt} T={T} failed: {type(e).__name__}: "
                              f"{str(e)[-1500:]}\n")
+            if failed is not None:
+                failed.append(f"{p} {dt} T={T}")
             if server is not None and server.proc.poll() is not None:
                 server = _CaseServer()  # a timed-out case took its server with it
             continue
@@ -621,7 +623,6 @@ def run(providers, dtypes, Ts, device, *, batch, width, warmup, steps, budget_gi
     if server is not None:
         server.close()
     benchmark._progress(len(cases), len(cases), "done")
-    sys.stderr.write("\n")
     for p, why in skipped.items():
         print(f"skipped {p}: {why}")
     return rows
@@ -721,57 +722,17 @@ def summary(rows):
 # Command line
 
 
-def main(argv=None):
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["--serve"]:
-        return _serve()
-    parser = argparse.ArgumentParser(prog="python -m clif_kernels bench --model resnet18",
-                                     description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="resnet18", choices=["resnet18"])
-    parser.add_argument("--quick", action="store_true",
-                        help="on the CPU: T=4, no torch.compile (under 2 minutes on 2 cores); on "
-                             "a GPU: T=8 only, 5 timed steps")
-    parser.add_argument("--providers", default=None,
-                        help=f"comma-separated, from {', '.join(PROVIDERS)} (default: all)")
-    parser.add_argument("--dtypes", default=",".join(DTYPES))
-    parser.add_argument("--T", default=None, help="time steps, e.g. 8,4 (default 8,4; quick "
-                        "on the CPU: 4)")
-    parser.add_argument("--batch", type=int, default=None,
-                        help="batch of the timed steps (default 64 on a GPU, 8 on the CPU)")
-    parser.add_argument("--width", type=int, default=64,
-                        help="first-stage width (ResNet-18: 64, the default)")
-    parser.add_argument("--warmup", type=int, default=None)
-    parser.add_argument("--steps", type=int, default=None, help="timed steps")
-    parser.add_argument("--mem-budget-gib", type=float, default=40.0,
-                        help="GPU memory budget of the largest-batch search (0: no search)")
-    parser.add_argument("--isolate", choices=["auto", "yes", "no"], default="auto",
-                        help="each case in a fresh process (auto: on the CPU, where peak "
-                             "memory is the process's resident set)")
-    parser.add_argument("--no-profile", action="store_true",
-                        help="skip the profiled step (no neuron share)")
-    parser.add_argument("--time-budget", type=float, default=None,
-                        help="stop starting new cases after this many seconds (default: 270 "
-                             "for a full GPU run, else none)")
-    parser.add_argument("--append", action="store_true",
-                        help="keep the rows already in the CSV (a later step of a GPU run)")
-    parser.add_argument("--out", default=None, help="folder for the CSV, summary and plot")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--tag", default=None, help="output files bench_TAG.csv, "
-                        "summary_TAG.md, bench_TAG.png (default model_gpu or model_cpu)")
-    args = parser.parse_args(argv)
-    device = torch.device(args.device)
+def run_command(args, device):
+    """`clif-kernels bench-model`, its arguments validated by clif_kernels/cli.py. Returns the
+    exit status: 1 when a case failed."""
     cpu = device.type == "cpu"
-    providers = [p for p in (args.providers or ",".join(PROVIDERS)).split(",") if p]
-    for p in providers:
-        if p not in PROVIDERS:
-            parser.error(f"unknown provider {p!r}; choose from {', '.join(PROVIDERS)}")
+    providers = list(args.providers or PROVIDERS)
     if args.quick and cpu and args.providers is None:
         providers = [p for p in providers if p != "compiled"]
         print("--quick on the CPU leaves out `compiled` (inductor's compile of the whole model "
               "takes longer than the run); name it in --providers to include it")
     quick_cpu = args.quick and cpu
-    Ts = [int(t) for t in (args.T or ("4" if quick_cpu else "8" if args.quick else "8,4"))
-          .split(",")]
+    Ts = args.T or ([4] if quick_cpu else [8] if args.quick else [8, 4])
     time_budget = args.time_budget
     if time_budget is None and not cpu and not args.quick:
         # The full GPU run stays within about 5 minutes: no new case after 270 s (the cases of
@@ -786,11 +747,9 @@ def main(argv=None):
     tag = args.tag or ("model_gpu" if not cpu else "model_cpu")
     csv_path = os.path.join(args.out, f"bench_{tag}.csv") if args.out else None
     previous = []
-    if csv_path:
-        os.makedirs(args.out, exist_ok=True)
-        if args.append and os.path.exists(csv_path):
-            with open(csv_path) as f:
-                previous = list(csv.DictReader(f))
+    if csv_path and args.append and os.path.exists(csv_path):
+        with open(csv_path) as f:
+            previous = list(csv.DictReader(f))
 
     def write_csv(rows):
         with open(csv_path, "w", newline="") as f:
@@ -798,19 +757,27 @@ def main(argv=None):
             writer.writeheader()
             writer.writerows(rows)
 
+    where = "each case in a fresh process" if isolate else "in this process"
     print(f"spiking ResNet-18, width {width}, batch {batch}, T {Ts}, {warmup} warm-up + "
-          f"{steps} timed steps per case, {'each case in a fresh process' if isolate else 'in this process'}"
+          f"{steps} timed steps per case, {where}"
           + (f", largest batch in {budget:g} GiB" if budget else ""))
-    rows = run(providers, args.dtypes.split(","), Ts, device, batch=batch, width=width,
+    failed = []
+    rows = run(providers, args.dtypes, Ts, device, batch=batch, width=width,
                warmup=warmup, steps=steps, budget_gib=budget, isolate=isolate,
                time_budget=time_budget, on_row=write_csv if csv_path else None,
-               rows=previous, profile=not args.no_profile)
+               rows=previous, profile=not args.no_profile, failed=failed)
     table = summary(rows)
     print(table)
     if args.out:
-        benchmark.write_outputs(table, csv_path, args.out, tag, "plot_model_csv")
+        benchmark.write_outputs(table, csv_path, args.out, tag)
+    if failed:
+        print(f"{len(failed)} case(s) failed: {'; '.join(failed)}", file=sys.stderr)
+        return 1
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # the case server of `run(isolate=True)`
+    if sys.argv[1:] != ["--serve"]:
+        sys.exit("usage: python -m clif_kernels.tools.bench_model --serve (used by "
+                 "clif-kernels bench-model)")
+    sys.exit(_serve())

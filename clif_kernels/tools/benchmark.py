@@ -8,16 +8,17 @@ grad) and `fwd+bwd` (one training step of the neuron alone). Each row of the CSV
 design must move, and peak memory; a `copy` row per run gives the device-to-device copy bandwidth
 measured in the same run.
 
-    python -m clif_kernels bench --quick           # CPU-sized, about a minute on 2 cores
-    python benchmarks/bench.py --out benchmarks/results
-    python -m clif_kernels bench --model resnet18  # a spiking ResNet-18's training (bench_model)
+    clif-kernels bench --quick           # CPU-sized, about a minute on 2 cores
+    clif-kernels bench --out results     # the full sweep (meant for a GPU)
+    clif-kernels bench-model             # a spiking ResNet-18's training step (bench_model.py)
+
+The command line (options, validation) is clif_kernels/cli.py; the plots are drawn from a clone
+by benchmarks/plot.py.
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import datetime
-import math
 import os
 import platform
 import subprocess
@@ -27,17 +28,19 @@ import time
 import torch
 
 from .. import functional
-from ..backends import unavailable_reason
+from ..backends import REGISTRY, unavailable_reason
 from ..options import n_checkpoints
 from ..reference import SpikeFn
 
 COLUMNS = ["device", "provider", "mode", "dtype", "T", "N", "ms", "gbps", "peak_mb", "torch",
            "triton", "git", "date"]
-PROVIDERS = ("naive", "compiled", "spikingjelly", "torch", "triton", "cuda", "cpp")
-FUSED = ("triton", "cuda", "cpp")
+# The package's backends come from its registry; the reference is the one that runs anywhere.
+REFERENCE = next(n for n, b in REGISTRY.items() if b.devices is None)
+FUSED = tuple(n for n in REGISTRY if n != REFERENCE)
+PROVIDERS = ("naive", "compiled", "spikingjelly") + tuple(REGISTRY)
 MODES = ("fwd", "fwd+bwd")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-# The ResNet case of the issue: [T, B, C, H, W] = [8, 64, 128, 32, 32], N = 2^23.
+# The ResNet-18 layer shape: [T, B, C, H, W] = [8, 64, 128, 32, 32], N = 2^23.
 RESNET_SHAPE = (8, 64, 128, 32, 32)
 
 
@@ -190,15 +193,25 @@ def _device_name(device):
 
 
 def _progress(i, total, label):
+    """A bar redrawn in place on a terminal; in a log (stderr not a terminal), one line per
+    case."""
+    if not sys.stderr.isatty():
+        if i < total:
+            sys.stderr.write(f"[{i + 1}/{total}] {label}\n")
+        sys.stderr.flush()
+        return
     width = 30
     done = int(width * i / max(total, 1))
     sys.stderr.write(f"\r[{'#' * done}{'.' * (width - done)}] {i}/{total} {label:50.50}")
+    if i >= total:
+        sys.stderr.write("\n")
     sys.stderr.flush()
 
 
-def run(providers, modes, dtypes, sweep, device, time_budget=None, on_row=None):
+def run(providers, modes, dtypes, sweep, device, time_budget=None, on_row=None, failed=None):
     """Measure everything; returns the CSV rows (dicts). `on_row(rows)` is called after each
-    new row, so that a run killed part-way still leaves what it measured."""
+    new row, so that a run killed part-way still leaves what it measured; each case that fails
+    is reported and appended to `failed` (a list), and the sweep goes on."""
     timer = _timer(device)
     meta = {"device": _device_name(device), "torch": torch.__version__,
             "triton": _triton_version(), "git": _git_rev(),
@@ -233,6 +246,8 @@ def run(providers, modes, dtypes, sweep, device, time_budget=None, on_row=None):
             peak = _peak_mb(step, device)
         except (RuntimeError, torch.OutOfMemoryError) as e:  # report, keep sweeping
             sys.stderr.write(f"\n{p} {mode} {dt} T={T} N={N} failed: {str(e)[:200]}\n")
+            if failed is not None:
+                failed.append(f"{p} {mode} {dt} T={T} N={N}")
             continue
         gbps = design_bytes(mode, T, N, dtype.itemsize) / ms / 1e6
         rows.append(dict(meta, provider=p, mode=mode, dtype=dt, T=T, N=N, ms=f"{ms:.4f}",
@@ -240,7 +255,6 @@ def run(providers, modes, dtypes, sweep, device, time_budget=None, on_row=None):
         if on_row:
             on_row(rows)
     _progress(len(cases), len(cases), "done")
-    sys.stderr.write("\n")
     for p, why in skipped.items():
         print(f"skipped {p}: {why}")
     return rows
@@ -286,46 +300,18 @@ def summary(rows):
     return "\n".join(lines)
 
 
-def main(argv=None):
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if any(a == "--model" or a.startswith("--model=") for a in argv):
-        from .bench_model import main as model_main  # a model's training step instead
-        return model_main(argv)
-    parser = argparse.ArgumentParser(prog="python -m clif_kernels bench",
-                                     description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", choices=["resnet18"], default=None,
-                        help="benchmark a spiking ResNet-18's training step instead (see "
-                             "`bench --model resnet18 --help`)")
-    parser.add_argument("--quick", action="store_true", help="small sweep (CPU: ~1 minute)")
-    parser.add_argument("--providers", default=",".join(PROVIDERS))
-    parser.add_argument("--modes", default=",".join(MODES))
-    parser.add_argument("--dtypes", default=",".join(DTYPES))
-    parser.add_argument("--sweep", default=None,
-                        help="T:N pairs, e.g. 8:1048576,16:65536 (default: the standard sweep)")
-    parser.add_argument("--time-budget", type=float, default=None,
-                        help="stop starting new cases after this many seconds")
-    parser.add_argument("--out", default=None, help="folder for the CSV, summary and plot")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--tag", default=None,
-                        help="name of the output files bench_TAG.csv, summary_TAG.md "
-                             "(default: gpu or cpu)")
-    args = parser.parse_args(argv)
-    device = torch.device(args.device)
-    providers = [p for p in args.providers.split(",") if p]
-    for p in providers:
-        if p not in PROVIDERS:
-            parser.error(f"unknown provider {p!r}; choose from {', '.join(PROVIDERS)}")
-    if args.quick and device.type == "cpu" and args.providers == ",".join(PROVIDERS):
+def run_command(args, device):
+    """`clif-kernels bench`, its arguments validated by clif_kernels/cli.py. Returns the exit
+    status: 1 when a case failed."""
+    providers = list(args.providers or PROVIDERS)
+    if args.quick and device.type == "cpu" and args.providers is None:
         # Compiling the loop with inductor takes longer on the CPU than the whole quick sweep.
         providers = [p for p in providers if p != "compiled"]
         print("--quick on the CPU leaves out `compiled` (inductor's compile time alone exceeds "
               "the sweep); name it in --providers to include it")
-    sweep = ([tuple(int(v) for v in pair.split(":")) for pair in args.sweep.split(",")]
-             if args.sweep else default_sweep(args.quick, device))
+    sweep = args.sweep or default_sweep(args.quick, device)
     tag = args.tag or ("gpu" if device.type == "cuda" else "cpu")
     csv_path = os.path.join(args.out, f"bench_{tag}.csv") if args.out else None
-    if csv_path:
-        os.makedirs(args.out, exist_ok=True)
 
     def write_csv(rows):
         with open(csv_path, "w", newline="") as f:
@@ -333,23 +319,22 @@ def main(argv=None):
             writer.writeheader()
             writer.writerows(rows)
 
-    rows = run(providers, args.modes.split(","), args.dtypes.split(","), sweep, device,
-               args.time_budget, on_row=write_csv if csv_path else None)
+    failed = []
+    rows = run(providers, args.modes, args.dtypes, sweep, device, args.time_budget,
+               on_row=write_csv if csv_path else None, failed=failed)
     table = summary(rows)
     print(table)
     if args.out:
-        write_outputs(table, csv_path, args.out, tag, "plot_csv")
+        write_outputs(table, csv_path, args.out, tag)
+    if failed:
+        print(f"{len(failed)} case(s) failed: {'; '.join(failed)}", file=sys.stderr)
+        return 1
     return 0
 
 
-def write_outputs(table, csv_path, out, tag, plotter):
-    """The markdown summary beside the CSV, and the PNG drawn by `plot.<plotter>` where
-    matplotlib is installed (shared by the layer and the model benchmarks)."""
+def write_outputs(table, csv_path, out, tag):
+    """The markdown summary beside the CSV (shared by the layer and the model benchmarks)."""
     with open(os.path.join(out, f"summary_{tag}.md"), "w") as f:
         f.write(table + "\n")
-    print(f"wrote {csv_path} and summary_{tag}.md")
-    from . import plot
-    try:
-        print(f"wrote {getattr(plot, plotter)(csv_path, os.path.join(out, f'bench_{tag}.png'))}")
-    except ImportError:
-        print("matplotlib is not installed: no plot")
+    print(f"wrote {csv_path} and summary_{tag}.md (a clone draws them: "
+          f"python benchmarks/plot.py {csv_path})")

@@ -1,4 +1,4 @@
-"""`python -m clif_kernels demo`: LIF against CLIF on a delayed-recall task, on the CPU.
+"""`clif-kernels demo`: LIF against CLIF on a delayed-recall task, on the CPU.
 
 The task: each sequence shows one of four cue patterns on 16 input channels for its first 4
 steps, then `delay` steps of noise, then a 4-step read window announced by a "go" channel; the
@@ -15,15 +15,15 @@ accuracy against delay for both (mean, min and max over seeds) and the norm of t
 reaching each time step at one long delay, at initialisation and after training; with `--out` it
 writes CSVs and, when matplotlib is installed, a PNG of all three.
 
-    python -m clif_kernels demo --out demo_results     # about 2 minutes on 2 CPU cores
-    python -m clif_kernels demo --seconds 30 --seeds 1 --delays 0,16,32
+    clif-kernels demo --out demo_results     # about 2 minutes on 2 CPU cores
+    clif-kernels demo --seconds 30 --seeds 1 --delays 0,16,32
+
+The command line (options, validation) is clif_kernels/cli.py; docs/demo.md has a result.
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import os
-import sys
 import time
 
 import torch
@@ -383,39 +383,3 @@ def write_outputs(out, results, curves, grads, table, grad_delay, tau=TAU):
     plt.close(fig)
     print(f"wrote {path} and CSVs to {out}")
     return path
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m clif_kernels demo",
-                                     description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=float, default=110.0,
-                        help="time budget for calibration, training and evaluation of all "
-                             "delays, seeds and both neurons (default 110; start-up and the plot "
-                             "add a few seconds)")
-    parser.add_argument("--seeds", type=int, default=3, help="seeds per delay (default 3)")
-    parser.add_argument("--delays", default=",".join(map(str, DELAYS)),
-                        help="comma-separated delays in steps (default %(default)s)")
-    parser.add_argument("--tau", type=float, default=TAU,
-                        help="membrane time constant of both neurons (default %(default)s)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads while training (default 1)")
-    parser.add_argument("--out", default=None, help="folder for the CSVs and plot")
-    args = parser.parse_args(argv)
-    if args.seconds <= 0:
-        parser.error("--seconds must be positive")
-    if args.seeds < 1 or args.threads < 1:
-        parser.error("--seeds and --threads must be at least 1")
-    if args.tau <= 1:
-        parser.error("--tau must be greater than 1")
-    try:
-        delays = tuple(int(d) for d in args.delays.split(","))
-    except ValueError:
-        parser.error(f"--delays must be comma-separated integers, got {args.delays!r}")
-    if any(d < 0 for d in delays):
-        parser.error("--delays must be non-negative")
-    run(args.seconds, args.seeds, delays, args.out, tau=args.tau, threads=args.threads)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,5 +1,5 @@
 """A spiking ResNet-18 for 3x32x32 inputs, multi-step, in plain torch.nn; the model of
-`python -m clif_kernels bench --model resnet18`.
+`clif-kernels bench-model`.
 
 Input `[T, B, 3, H, W]`, output logits `[B, classes]` (the readout averaged over time). Every
 convolution and batch norm runs on the time steps folded into the batch (`[T * B, C, H, W]`), as

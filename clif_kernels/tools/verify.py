@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..backends import REGISTRY
 from ..functional import clif, lif
 from ..options import make_options
 from ..reference import neuron_reference
@@ -22,6 +23,8 @@ RTOL = {torch.float64: 1e-12, torch.float32: 2e-5,
 # surrogate (the edges of the rectangle and piecewise_leaky_relu windows) is left out of the
 # exact comparison: fp32 rounding may put it on either side.
 NEAR = 1e-4
+# The reference backend: the one that runs on any device.
+REFERENCE = next(n for n, b in REGISTRY.items() if b.devices is None)
 QUANTITIES = ("spikes", "vT", "mT", "grad_x", "grad_v0", "grad_m0")
 
 
@@ -77,7 +80,7 @@ def reference64(is_clif, x, v0, m0, grads, **params):
     # bottleneck of `check` there.
     up = lambda t: None if t is None else t.detach().double()  # noqa: E731
     g64 = {k: up(v) for k, v in grads.items()}
-    res = run_with_grads(neuron_fn(is_clif), up(x), up(v0), up(m0), g64, backend="torch",
+    res = run_with_grads(neuron_fn(is_clif), up(x), up(v0), up(m0), g64, backend=REFERENCE,
                          **params)
     opts = make_options(**params)
     h = neuron_reference(up(x), opts, clif=is_clif, v0=up(v0), m0=up(m0), return_h=True)[-1]
