@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# One-shot verification on a GPU host (no network there): build, GPU tests, the headline
-# benchmark, the spiking ResNet-18 training benchmark, kernel-level timings, check, torch.compile
-# of the ResNet, then a wider sweep with what time is left.
+# One-shot verification on a GPU host (no network there): build, the A/B of the current and the
+# previous GPU kernels (with ncu's stall reasons where ncu works), GPU tests, compute-sanitizer,
+# the headline benchmark, the spiking ResNet-18 training benchmark, kernel-level timings, check,
+# torch.compile of the ResNet, then a wider sweep with what time is left.
 # Results go to benchmarks/results/ and, when $OUT is set (the device tool sets it), are copied
-# there after every step (at most 8 flat files come back: the log, seven result files, and
-# gpu_results.tar with every GPU result file), so a run cut short still returns what it did.
+# there after every step (the log, six result files, and gpu_results.tar with every GPU result
+# file), so a run cut short still returns what it did.
 # Without a GPU it runs as a dry run: the same kind of steps on the CPU, with the quick sweeps.
 #
 #   bash benchmarks/gpu_check.sh                      # from the repository root
@@ -33,11 +34,11 @@ status=0
 
 publish() {
   [ -n "${OUT:-}" ] || return 0
-  cp "$LOG" "$RES"/bench_gpu.csv "$RES"/summary_gpu.md "$RES"/bench_model_gpu.csv \
-    "$RES"/summary_model_gpu.md "$RES"/bench_model_gpu.png "$RES"/tune_gpu.csv \
-    "$RES"/bench_gpu_sweep.csv "$OUT"/ 2>/dev/null
+  cp "$LOG" "$RES"/summary_ab_gpu.md "$RES"/ab_gpu.csv "$RES"/bench_gpu.csv \
+    "$RES"/summary_gpu.md "$RES"/bench_model_gpu.csv "$RES"/summary_model_gpu.md "$OUT"/ \
+    2>/dev/null
   (cd "$RES" && tar cf "$OUT"/gpu_results.tar gpu_check.log ./*gpu*.csv ./*gpu*.md ./*gpu*.png \
-    2>/dev/null)
+    ./*gpu*.txt 2>/dev/null)
   return 0
 }
 
@@ -89,6 +90,18 @@ python3 -c "import pytest_timeout" 2>/dev/null && TIMEOUT=(--timeout 150)
 
 step build 240 python3 setup.py -q build_ext --inplace
 if [ "$GPU" = 1 ]; then
+  # First, the kernels' A/B: the current kernels against the previous ones in one process
+  # (benchmarks/ab_gpu.py: kernels alone and through autograd, T = 8 and 32, N = 2^16..2^25,
+  # shares of the run's copy bandwidth, accuracy against float64, the variant to keep).
+  step ab 200 python3 benchmarks/ab_gpu.py --out "$RES" --time-budget 170
+  # Why each backward stalls, both variants (ncu is not on every GPU host; the step says so).
+  if command -v ncu > /dev/null; then
+    step ncu 80 ncu --section WarpStateStats --section MemoryWorkloadAnalysis \
+      -k "regex:bwd|clif_kernel" --launch-count 16 --log-file "$RES/ncu_ab_gpu.txt" \
+      python3 benchmarks/ab_gpu.py --ncu-target
+  else
+    echo "== ncu: not found on this host" | tee -a "$LOG"
+  fi
   # The CUDA and Triton backends against the float64 reference (outputs, final states, every
   # gradient, golden cases, opcheck, inductor compile), the modules on the GPU (compile, bf16 and
   # fp16 autocast) and the input checks. The CPU-only tests and compile-only tests run in CI
@@ -97,13 +110,14 @@ if [ "$GPU" = 1 ]; then
   # model's loss and gradients on the GPU (its CPU cases run in CI).
   step tests 240 python3 -m pytest -q -p no:cacheprovider "${PAR[@]}" "${TIMEOUT[@]}" \
     --durations=10 -rfEs tests/test_fused.py tests/test_modules.py tests/test_inputs.py \
-    tests/test_adversarial.py tests/test_bench_model.py \
+    tests/test_adversarial.py tests/test_kernel_variants.py tests/test_bench_model.py \
     -k "not cpp and not cpu and not (test_bench_model and compile)"
   # Out-of-bounds and misaligned accesses of the CUDA kernels on awkward widths (not every GPU
   # host has compute-sanitizer: the step says so and goes on).
   if command -v compute-sanitizer > /dev/null; then
     step memcheck 90 compute-sanitizer --tool memcheck --error-exitcode 9 python3 -m pytest -q \
-      -p no:cacheprovider tests/test_fused.py -k "cuda and (awkward_widths or empty or strided)"
+      -p no:cacheprovider tests/test_fused.py tests/test_kernel_variants.py \
+      -k "cuda and (awkward_widths or empty or strided or previous)"
   else
     echo "== memcheck: compute-sanitizer not found on this host" | tee -a "$LOG"
   fi

@@ -70,7 +70,7 @@ void run_fwd<c10::DeviceType::CUDA>(const FwdResult& out, const Tensor& x, const
   const KernelVariant variant = kernel_variant();
   CLIF_DISPATCH_CUDA_TYPES(x.scalar_type(), "clif_fwd_cuda", [&] {
     const int width =
-        variant == KernelVariant::kPrevious ? kPreviousLanes : fwd_lanes<scalar_t>();
+        variant == KernelVariant::kPrevious ? kPreviousLanes : kFwdLanes;
     C10_CUDA_CHECK(launch_fwd<scalar_t>(p, data, variant,
                                         lanes_for(data, sizeof(scalar_t), width),
                                         at::cuda::getCurrentCUDAStream()));

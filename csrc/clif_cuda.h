@@ -14,13 +14,11 @@ namespace clif {
 // a GPU has timed the two in one process (CLIF_KERNELS_GPU_KERNELS=previous, read per launch).
 enum class KernelVariant { kCurrent, kPrevious };
 
-// Neighbours per thread on the vector path. Forward: one 16-byte load per row (4 fp32, 8
-// fp16/bf16). Backward: 2, so that a whole segment's x and grad_spikes (2 x 8 steps x 2 neurons)
-// fit in registers beside h and m_{t-1} without spills.
-template <typename scalar_t>
-constexpr int fwd_lanes() {
-  return 16 / static_cast<int>(sizeof(scalar_t));
-}
+// Neighbours per thread on the vector path. Forward: 8, so that each row is loaded in 16-byte
+// pieces (one in fp16/bf16, two in fp32) and a thread interleaves 8 independent recurrences.
+// Backward: 2, so that a whole segment's x and grad_spikes (2 x 8 steps x 2 neurons) fit in
+// registers beside h and m_{t-1} without spills.
+constexpr int kFwdLanes = 8;
 constexpr int kBwdLanes = 2;
 constexpr int kPreviousLanes = 4;
 

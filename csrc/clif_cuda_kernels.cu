@@ -55,7 +55,7 @@ cudaError_t dispatch_neuron(const Params<float>& p, const GroupData<float>& data
     });
     return err;
   } else {
-    return launch<false, scalar_t, fwd_lanes<scalar_t>(), IS_CLIF, kAnySurrogate, true>(
+    return launch<false, scalar_t, kFwdLanes, IS_CLIF, kAnySurrogate, true>(
         p, data, stream);
   }
 }

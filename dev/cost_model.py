@@ -20,7 +20,9 @@ T = 8, N = 2^23 is bounded by:
 - `bandwidth`: the bytes the kernel moves (the design's, plus stores nobody asked for) at the
   copy bandwidth;
 - `chain`: one thread's iteration is a chain of round trips to memory and its instructions,
-  cycles = sum over waits of max(0, latency - hidden instructions x cpi) + instructions x cpi;
+  cycles = sum over waits of max(0, latency - hidden instructions x cpi / n) + instructions x
+  cpi / n, with n the thread's neurons (independent chains that interleave), plus the fetch of
+  the part of the loop that does not fit the instruction cache;
   a wave of resident threads takes iterations x that, and the problem takes ceil(waves) waves.
   This is Little's law per thread: the bytes a thread moves per round trip over the latency;
 - `issue` and `mufu`: instructions over the SMs' issue slots, MUFU ops over the MUFU lanes.
@@ -267,7 +269,7 @@ def occupancy(regs, threads_per_block, gpu=H200):
 # kernels at git 3eabc74 (the grid and the fit: benchmarks/NOTES.md). latency: a global load's
 # round trip under load; cpi: cycles per instruction of one thread's dependent chain; p: the
 # exponent that combines the bandwidth and chain bounds.
-CALIBRATED = dict(latency_us=0.7, cpi=3.0, p=2.0, fetch=0.0)
+CALIBRATED = dict(latency_us=0.3, cpi=1.5, p=1.0, fetch=6.0)
 
 
 def design_bytes(kind, elt):
@@ -298,8 +300,11 @@ def bounds(row, gpu=H200, shape=SHAPE, consts=None):
     # A loop larger than the SM's instruction cache fetches the part that does not fit from L2
     # on every iteration.
     miss = max(0.0, 1.0 - gpu["icache_kb"] * 1024 / row["loop_bytes"]) if row["loop_bytes"] else 0
-    per_iter = sum(max(0.0, lat - hidden * c["cpi"]) for _, hidden in row["wait_list"]) \
-        + path * (c["cpi"] + miss * c["fetch"])
+    # The neurons of a thread are independent chains: their instructions interleave, and each
+    # waits cpi cycles for its own previous result (hidden work likewise).
+    ilp = max(1.0, neurons)
+    per_iter = sum(max(0.0, lat - hidden * c["cpi"] / ilp) for _, hidden in row["wait_list"]) \
+        + path * (c["cpi"] / ilp + miss * c["fetch"])
     out["waves"] = waves
     out["chain_ms"] = math.ceil(waves) * iters * per_iter / (gpu["ghz"] * 1e9) * 1e3
     p = c["p"]
@@ -365,8 +370,11 @@ def cuda_rows(arch=90, csrc=None, version="current"):
             variant += f",SG={sg}" if sg >= 0 else ",SG=any"
             if prefetch == "0" and version == "current":
                 label = "previous"
-        rows.append(_row("cuda", kind, dtype, elt, variant, "CLIF" if clif == "1" else "LIF",
-                         insns, regs.get(name), 256, label, unrequested=(kind == "fwd")))
+        row = _row("cuda", kind, dtype, elt, variant, "CLIF" if clif == "1" else "LIF",
+                   insns, regs.get(name), 256, label, unrequested=(kind == "fwd"))
+        # The kernels the benchmark's call runs: the vector path, the rectangle surrogate.
+        row["bench"] = int(lanes) > 1 and sg in (None, 0, -1) and row["neuron"] == "CLIF"
+        rows.append(row)
     return rows
 
 
@@ -430,14 +438,15 @@ def triton_bench_rows(module, label, arch=90, fwd_block=None, fwd_warps=None, ex
         fn = module.clif_fwd_kernel
         k = triton.compile(triton_aot._source(fn, triton_aot._signature(fn, ce, dtype), ce, True),
                            target=target, options={"num_warps": warps})
-        rows.append(_triton_row(fn, ce, dtype, "fp32", k, warps, label))
+        rows.append(dict(_triton_row(fn, ce, dtype, "fp32", k, warps, label), bench=True))
         fn = bwd_fn or module.clif_bwd_kernel
         ce = dict(BENCH_BWD, K=8, BLOCK=module.BWD_BLOCK)
         # T <= 8: the launcher passes x for the checkpoint pointer.
         k = triton.compile(triton_aot._source(fn, triton_aot._signature(fn, ce, dtype, dtype),
                                               ce, True),
                            target=target, options={"num_warps": module.BWD_WARPS})
-        rows.append(_triton_row(fn, ce, dtype, dtype, k, module.BWD_WARPS, label))
+        rows.append(dict(_triton_row(fn, ce, dtype, dtype, k, module.BWD_WARPS, label),
+                         bench=True))
     return rows
 
 
@@ -479,7 +488,8 @@ MEASURED_3EABC74 = {
 CALIBRATION_REV = "3eabc74"
 CALIBRATION_CSV = os.path.join(os.path.dirname(os.path.abspath(__file__)), "calibration_sm90.csv")
 # What bounds() needs of a row, as the calibration file keeps it.
-_KEEP = ("impl", "version", "kind", "dtype", "neuron", "variant", "regs", "threads_per_sm",
+_KEEP = ("impl", "version", "bench", "kind", "dtype", "neuron", "variant", "regs",
+         "threads_per_sm",
          "steps_per_iter", "insns", "mufu", "design_bytes", "unrequested_bytes", "loop_bytes",
          "first_wait_bytes", "wait_list")
 
@@ -492,14 +502,8 @@ def bench_pairs(rows):
         for dtype in ("fp32", "bf16"):
             pick = {}
             for r in rows:
-                if (r["impl"], r["dtype"], r["neuron"]) != (impl, dtype, "CLIF"):
-                    continue
-                if impl == "cuda":
-                    lanes = int(r["variant"].split(",")[0][2:])
-                    if lanes == 1 or "SG=" in r["variant"] and r["variant"].split("SG=")[1] \
-                            not in ("0", "any"):
-                        continue
-                pick.setdefault(r["kind"], r)
+                if (r["impl"], r["dtype"]) == (impl, dtype) and r.get("bench") in (True, "True"):
+                    pick.setdefault(r["kind"], r)
             if len(pick) == 2:
                 out[(impl, dtype)] = (pick["fwd"], pick["bwd"])
     return out
@@ -567,11 +571,11 @@ def calibration_rows_from_git(arch=90, rev=CALIBRATION_REV):
     return rows
 
 
-def current_bench_rows(arch=90):
-    """This tree's kernels as the benchmark runs them: the CUDA rows (current and previous)
-    and the Triton forward and backward of both variants."""
+def current_bench_rows(arch=90, cuda=True):
+    """This tree's kernels as the benchmark runs them: the CUDA rows (current and previous;
+    with `cuda`) and the Triton forward and backward of both variants."""
     from clif_kernels import triton_kernels as tk
-    rows = cuda_rows(arch)
+    rows = cuda_rows(arch) if cuda else []
     rows += triton_bench_rows(
         tk, "current", arch, fwd_block=lambda d: tk.FWD_BLOCK if d == "fp32"
         else tk.FWD_BLOCK_16BIT, extra_fwd=dict(STORE_STATE=STORE_STATE_IN_BENCH, PREFETCH=True))
@@ -612,6 +616,7 @@ def load_rows(path):
                 r[k] = float(r[k])
             r["wait_list"] = [tuple(int(v) for v in w.split(":"))
                               for w in r["wait_list"].split(";") if w]
+            r["bench"] = r["bench"] == "True"
             rows.append(r)
     return rows
 
@@ -648,16 +653,27 @@ def main(argv=None):
         rows += cuda_rows(args.arch)
     if args.only in (None, "triton"):
         rows += triton_rows(args.arch)
+        rows += [r for r in current_bench_rows(args.arch, cuda=False)]
     print(f"sm_{args.arch}, per element-step (fast path; *_slow: the dearer side of every "
           f"run-time branch); times for T={SHAPE[0]}, N=2^{int(math.log2(SHAPE[1]))} on an H200")
     print(" | ".join(COLUMNS))
     for r in rows:
         print(" | ".join(_fmt(r[c]) for c in COLUMNS))
+    print(f"calibration (git {CALIBRATION_REV}, {CALIBRATION_CSV}): {CALIBRATED}")
+    for k, (m, meas, e) in calibration_errors(load_rows(CALIBRATION_CSV)).items():
+        print(f"  {' '.join(k):22} model {m:.3f} ms, measured {meas:.3f} ms ({e:+.0%})")
+    print("forward + backward, T = 8, N = 2^23 (model ms, share of copy bandwidth):")
+    for (impl, version, dtype), (f, b, t, share) in predictions(rows).items():
+        print(f"  {impl:6} {version:8} {dtype}: fwd {f:.3f} + bwd {b:.3f} = {t:.3f} ms, "
+              f"{share:.0%}")
     if args.csv:
+        fields = COLUMNS + ("bench", "barriers", "shared_insns", "threads_per_sm",
+                            "design_bytes", "wait_list")
         with open(args.csv, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+            w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
             w.writeheader()
-            w.writerows(rows)
+            for r in rows:
+                w.writerow(dict(r, wait_list=";".join(f"{b}:{h}" for b, h in r["wait_list"])))
     return 0
 
 
