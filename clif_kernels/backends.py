@@ -151,14 +151,15 @@ REGISTRY = {
 AUTO_ORDER = {"cuda": ("cuda", "triton", "torch"), "cpu": ("cpp", "torch")}
 
 
-def _check_name(backend):
+def check_backend_name(backend):
+    """Raise unless `backend` is "auto" or a name of `REGISTRY`."""
     if not isinstance(backend, str) or backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
 
 
 def unavailable_reason(backend: str, device: torch.device, dtype: torch.dtype):
     """None when `backend` can run on this device and dtype, else a sentence saying why not."""
-    _check_name(backend)
+    check_backend_name(backend)
     if backend == "auto":
         return None
     return REGISTRY[backend].unavailable_reason(device, dtype)
@@ -178,7 +179,7 @@ def _constant_under_compile(fn):
 def resolve_backend(backend, device: torch.device, dtype: torch.dtype) -> str:
     """Map "auto" to the fastest backend that runs here; check that a named one can run, and
     make its op pair ready (`REGISTRY[name].op_pair()`). Returns the backend's name."""
-    _check_name(backend)
+    check_backend_name(backend)
     if backend == "auto":
         name = next((n for n in AUTO_ORDER.get(device.type, ("torch",))
                      if REGISTRY[n].unavailable_reason(device, dtype) is None), "torch")

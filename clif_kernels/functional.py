@@ -38,6 +38,12 @@ def _memory_order(x_seq):
     return dims
 
 
+def _needs_grad(x_seq, v0, m0):
+    return torch.is_grad_enabled() and (
+        x_seq.requires_grad or (v0 is not None and v0.requires_grad)
+        or (m0 is not None and m0.requires_grad))
+
+
 def _fused_call(pair, *args):
     """Runs a backend's forward op on (x, v0, m0, *options, save), with autograd: the op itself
     under torch.compile (which traces it, its fake kernel and its registered autograd), and
@@ -48,9 +54,12 @@ def _fused_call(pair, *args):
     return FusedNeuron.apply(pair, *args)
 
 
-def run(x_seq, is_clif, v0, m0, return_state, backend, opts):
+def run(x_seq, is_clif, v0, m0, return_state, backend, opts, spike_grad=True):
     """`clif`/`lif` with validated `options.NeuronOptions`: what the modules call, so that their
-    options are checked once, not on every step."""
+    options are checked once, not on every step. `spike_grad=False`: the spike is a plain
+    Heaviside step with no surrogate gradient (SpikingJelly's CLIF in eval mode); gradients
+    still flow through the potentials. The fused kernels have no such mode: when a gradient is
+    needed, the reference computes that call."""
     if not isinstance(x_seq, torch.Tensor):
         raise TypeError(f"x_seq must be a tensor, got {type(x_seq).__name__}")
     if x_seq.dim() < 1:
@@ -65,8 +74,13 @@ def run(x_seq, is_clif, v0, m0, return_state, backend, opts):
                            "jacrev, ...): call it outside them and use torch.autograd.grad")
     _check_state("v0", v0, x_seq)
     _check_state("m0", m0, x_seq)
+    if opts.float32_error is not None and x_seq.dtype != torch.float64:
+        raise ValueError(opts.float32_error)
     pair = REGISTRY[resolve_backend(backend, x_seq.device, x_seq.dtype)].op_pair()
-    if pair is None:  # the reference
+    if not spike_grad and _needs_grad(x_seq, v0, m0):
+        spikes, vT, mT = neuron_reference(x_seq, opts, clif=is_clif, v0=v0, m0=m0,
+                                          spike_grad=False)
+    elif pair is None:  # the reference
         spikes, vT, mT = neuron_reference(x_seq, opts, clif=is_clif, v0=v0, m0=m0)
     else:
         # Work where the input lies: order the neuron dimensions as they sit in memory, so that a
@@ -76,9 +90,7 @@ def run(x_seq, is_clif, v0, m0, return_state, backend, opts):
         same = order == sorted(order)  # no permutation needed (a contiguous input)
         xp = x_seq if same else x_seq.permute(0, *[d + 1 for d in order])
         T, N = xp.shape[0], math.prod(xp.shape[1:])
-        needs_grad = torch.is_grad_enabled() and (
-            x_seq.requires_grad or (v0 is not None and v0.requires_grad)
-            or (m0 is not None and m0.requires_grad))
+        needs_grad = _needs_grad(x_seq, v0, m0)
 
         def flat(t):
             # Dense rows, as the kernels address them (a state may be any strided view).

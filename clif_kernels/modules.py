@@ -74,6 +74,26 @@ def surrogate_spec(surrogate, alpha=None, beta=None):
     return name, a, b
 
 
+def _by_value(value):
+    """A parameter as part of a cache key: a number as itself, a 0-d CPU tensor by its value (the
+    tensor object alone would compare equal to itself after an in-place change such as
+    `sg.alpha.fill_(0.5)` or `sg.alpha *= 0.5`), any other tensor as a key that never matches
+    (its validation then runs, and refuses it)."""
+    if isinstance(value, torch.Tensor):
+        if value.dim() == 0 and value.device.type == "cpu" and not value.requires_grad:
+            return (value.dtype, value.item())
+        return object()
+    return value
+
+
+def surrogate_key(sg):
+    """What `surrogate_spec(sg)` depends on, by value: equal keys give equal results."""
+    entry = SJ_SURROGATES.get(type(sg).__name__)
+    names = entry[1] if entry is not None else getattr(sg, "_sg_param_names", ())
+    return (type(sg), getattr(sg, "spiking", None),
+            tuple(_by_value(getattr(sg, k, None)) for k in names))
+
+
 class FusedStepping:
     """The stepping logic of every neuron module here, in SpikingJelly 2.0's functional form.
 
@@ -97,12 +117,19 @@ class FusedStepping:
         """A whole sequence: `inputs[0]` is `[T, N, *]`; one fused launch."""
         return self._fused(inputs[0], states)
 
+    def spike_grad(self):
+        """Whether the spike passes its surrogate gradient in this call (the nodes here always
+        do; SpikingJelly's CLIF does not in eval mode)."""
+        return True
+
     def _fused(self, x_seq, states):
         opts = self.neuron_options()
         if self._is_clif:
-            spikes, v, m = run(x_seq, True, states[0], states[1], True, self.backend, opts)
+            spikes, v, m = run(x_seq, True, states[0], states[1], True, self.backend, opts,
+                               self.spike_grad())
             return (spikes,), (v, m)
-        spikes, v = run(x_seq, False, states[0], None, True, self.backend, opts)
+        spikes, v = run(x_seq, False, states[0], None, True, self.backend, opts,
+                        self.spike_grad())
         return (spikes,), (v,)
 
 
@@ -122,6 +149,12 @@ class _Node(FusedStepping, nn.Module):
         name, alpha, beta = surrogate_spec(surrogate, alpha, beta)
         self.opts = make_options(tau, v_threshold, v_reset, decay_input, name, alpha,
                                  detach_reset, beta)
+        # A surrogate object is read again on every call (its parameters may be annealed, in
+        # place or by assignment), by value; kept out of nn.Module's registries so that the
+        # node's state_dict and repr stay those of a string surrogate.
+        if not isinstance(surrogate, str):
+            self.__dict__["_surrogate_object"] = surrogate
+            self.__dict__["_surrogate_key"] = surrogate_key(surrogate)
         if not isinstance(store_state_seqs, bool):
             raise TypeError(f"store_state_seqs must be a bool, got {type(store_state_seqs).__name__}")
         self.store_state_seqs = store_state_seqs
@@ -130,6 +163,19 @@ class _Node(FusedStepping, nn.Module):
         self.reset()
 
     def neuron_options(self):
+        sg = self.__dict__.get("_surrogate_object")
+        if sg is None:
+            return self.opts
+        key = surrogate_key(sg)
+        if key != self.__dict__["_surrogate_key"] or torch.compiler.is_compiling():
+            name, alpha, beta = surrogate_spec(sg)
+            o = self.opts
+            opts = make_options(o.tau, o.v_threshold, o.v_reset, o.decay_input, name, alpha,
+                                o.detach_reset, beta)
+            if torch.compiler.is_compiling():
+                return opts
+            self.opts = opts
+            self.__dict__["_surrogate_key"] = key
         return self.opts
 
     # SpikingJelly's attribute names, read-only: the options are validated once, in `opts`.
@@ -196,9 +242,12 @@ class _Node(FusedStepping, nn.Module):
             self._keep(states)
             return spikes
         states = self._carried(x[0]) if x.shape[0] else self._carried(x.new_empty(x.shape[1:]))
-        if not self.store_state_seqs:
+        if not self.store_state_seqs or not x.shape[0]:
             (spikes,), states = self.multi_step_functional_forward((x,), states)
             self._keep(states)
+            if self.store_state_seqs:  # no step: empty sequences
+                self.v_seq = x.new_empty(x.shape)
+                self.m_seq = x.new_empty(x.shape) if self._is_clif else None
             return spikes
         # The fused kernels keep no per-step state, so the sequence runs as T fused single steps
         # (the same values as one launch, as the tests check), each step's states kept with their
@@ -214,7 +263,7 @@ class _Node(FusedStepping, nn.Module):
         return torch.stack(spikes)
 
     def extra_repr(self):
-        o = self.opts
+        o = self.neuron_options()
         sg = f"{o.surrogate}(alpha={o.alpha}" + (
             f", beta={o.beta})" if o.surrogate in DEFAULT_BETA else ")")
         return (f"tau={o.tau}, v_threshold={o.v_threshold}, v_reset={o.v_reset}, "

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
@@ -52,6 +52,8 @@ class NeuronOptions:
     alpha: float = 1.0
     detach_reset: bool = False
     beta: float = 0.0
+    # Why the options cannot run in float32 arithmetic (`range_error`), None when they can.
+    float32_error: Optional[str] = field(default=None, compare=False, repr=False)
 
     @property
     def hard_reset(self) -> bool:
@@ -69,6 +71,63 @@ class NeuronOptions:
     def constants(self):
         """(gamma, c, b) of the charge h = gamma * v + c * x + b."""
         return charge_constants(self.tau, self.v_reset, self.decay_input)
+
+
+# The smallest normal magnitude and the largest finite value of the dtypes the kernels compute in:
+# float32 for fp16, bf16 and fp32 storage, float64 for fp64.
+COMPUTE_LIMITS = {"float32": (1.1754943508222875e-38, 3.4028234663852886e38),
+                  "float64": (2.2250738585072014e-308, 1.7976931348623157e308)}
+
+
+def _constants_of(tau, v_threshold, v_reset, surrogate, alpha, beta):
+    """Every constant the kernels compute with, as (argument, its value, zero allowed,
+    [(expression, coefficient, power), ...]): each expression is coefficient * argument**power."""
+    alpha_terms = [("alpha", 1.0, 1), ("alpha/2", 0.5, 1), ("1/alpha", 1.0, -1),
+                   ("1/(2 alpha)", 0.5, -1)]
+    if surrogate == "triangle":
+        alpha_terms.append(("alpha^2", 1.0, 2))
+    out = [("tau", tau, False, [("tau", 1.0, 1), ("1/tau", 1.0, -1)]),
+           ("v_threshold", v_threshold, True, [("v_threshold", 1.0, 1)]),
+           ("alpha", alpha, False, alpha_terms),
+           ("beta", beta, True, [("beta", 1.0, 1)])]
+    if v_reset is not None:
+        out.append(("v_reset", v_reset, True, [("v_reset", 1.0, 1), ("v_reset/tau", 1.0 / tau, 1)]))
+    return out
+
+
+def range_error(tau, v_threshold, v_reset, surrogate, alpha, beta, compute):
+    """None when every constant the kernels derive from the options is zero or a normal number
+    of `compute` ("float32" or "float64"), else a sentence naming the argument and its limits.
+    A subnormal constant would be flushed to zero by the C++ kernels (and kept by the others),
+    an overflowed one would turn into inf: either way the backends would disagree."""
+    tiny, big = COMPUTE_LIMITS[compute]
+    for name, value, zero_ok, terms in _constants_of(tau, v_threshold, v_reset, surrogate,
+                                                      alpha, beta):
+        mag = abs(value)
+        if zero_ok and mag == 0.0:
+            continue
+        lo, hi = 0.0, math.inf
+        for _expr, coef, power in terms:
+            if power == 1:
+                lo, hi = max(lo, tiny / coef), min(hi, big / coef)
+            elif power == -1:
+                lo, hi = max(lo, coef / big), min(hi, coef / tiny)
+            else:
+                lo, hi = max(lo, math.sqrt(tiny / coef)), min(hi, math.sqrt(big / coef))
+        if not lo <= mag <= hi:
+            exprs = ", ".join(t[0] for t in terms)
+            inputs = "float64" if compute == "float64" else "float16, bfloat16 and float32"
+            return (f"{name}={value!r} is out of range for the kernels' {compute} arithmetic "
+                    f"(which {inputs} inputs use): {name} must be {'0 or ' if zero_ok else ''}of magnitude between "
+                    f"{lo:.8g} and {hi:.8g}, so that {exprs} are normal {compute} numbers")
+    return None
+
+
+def _in_plain_range(*values):
+    """A quick test that passes the usual options without computing `range_error`: magnitudes
+    in [1e-15, 1e15] (or 0) keep every constant, squares and quotients included, normal in
+    float32."""
+    return all(v is None or v == 0.0 or 1e-15 <= abs(v) <= 1e15 for v in values)
 
 
 def charge_constants(tau, v_reset, decay_input):
@@ -133,5 +192,11 @@ def make_options(tau=2.0, v_threshold=1.0, v_reset=None, decay_input=False,
                          f"{key} surrogate has none, got beta={beta!r}")
     else:
         beta = 0.0
+    float32_error = None
+    if not _in_plain_range(tau, v_threshold, v_reset, alpha, beta):
+        why = range_error(tau, v_threshold, v_reset, key, alpha, beta, "float64")
+        if why is not None:
+            raise ValueError(why)
+        float32_error = range_error(tau, v_threshold, v_reset, key, alpha, beta, "float32")
     return NeuronOptions(tau, v_threshold, v_reset, _flag("decay_input", decay_input), key,
-                         alpha, _flag("detach_reset", detach_reset), beta)
+                         alpha, _flag("detach_reset", detach_reset), beta, float32_error)

@@ -282,3 +282,60 @@ def test_store_state_seqs(backend, cls):
     assert xt.grad is not None and torch.isfinite(xt.grad).all() and xt.grad.abs().sum() > 0
     traced.reset()
     assert traced.state_seqs is None
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpp"])
+@pytest.mark.parametrize("cls", [CLIFNode, LIFNode])
+def test_store_state_seqs_with_zero_steps(backend, cls):
+    """T = 0 with store_state_seqs: empty spikes and empty sequences (it used to fail in
+    torch.stack), the carried state unchanged."""
+    why = backends.unavailable_reason(backend, torch.device("cpu"), torch.float32)
+    if why:
+        pytest.skip(why)
+    node = cls(step_mode="m", backend=backend, store_state_seqs=True)
+    node(_x(T=3))
+    v = node.v.clone()
+    x = torch.empty(0, 3, 17, requires_grad=True)
+    spikes = node(x)
+    assert spikes.shape == x.shape
+    assert [q.shape for q in node.state_seqs] == [x.shape] * (2 if cls is CLIFNode else 1)
+    assert torch.equal(node.v, v)
+    spikes.sum().backward()
+    assert x.grad.shape == x.shape
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpp"])
+def test_clif_to_lif_keeps_the_training_mode(backend):
+    why = backends.unavailable_reason(backend, torch.device("cpu"), torch.float32)
+    if why:
+        pytest.skip(why)
+    net = nn.Sequential(nn.Linear(4, 4), CLIFNode(step_mode="m", backend=backend)).eval()
+    clif_to_lif(net, v_reset=-0.1)
+    assert isinstance(net[1], LIFNode) and not net[1].training
+    net.train()
+    assert clif_to_lif(CLIFNode(), v_reset=0.0).training
+
+
+@pytest.mark.skipif(sj_neuron is None, reason="SpikingJelly is not installed")
+@pytest.mark.parametrize("cls", [CLIFNode, LIFNode])
+def test_annealed_surrogate_object_is_read_by_value(cls):
+    """A surrogate object's tensor parameter changed in place between calls (an annealing
+    schedule) is followed: the gradient is that of a node built with the new value."""
+    alpha = torch.tensor(4.0)
+    sg = sj_surrogate.Sigmoid(alpha=alpha)
+    node = cls(step_mode="m", surrogate_function=sg, backend="torch")
+    x = _x()
+
+    def grad(n):
+        xg = x.clone().requires_grad_()
+        n(xg).sum().backward()
+        n.reset()
+        return xg.grad
+
+    g4 = grad(node)
+    for change in (lambda: sg.alpha.fill_(0.5), lambda: sg.alpha.mul_(3.0)):
+        change()
+        fresh = cls(step_mode="m", surrogate="sigmoid", alpha=float(sg.alpha), backend="torch")
+        g = grad(node)
+        assert torch.equal(g, grad(fresh)) and not torch.equal(g, g4)
+        assert node.opts.alpha == float(sg.alpha)
