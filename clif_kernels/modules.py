@@ -40,22 +40,47 @@ SJ_SURROGATES = {
     "SuperSpike": ("super_spike", ("alpha",), lambda a: (a, None)),
     "Erf": ("erf", ("alpha",), lambda a: (a, None)),
 }
+# The surrogate classes of the paper authors' code (github.com/HuuYuLong/Complementary-LIF),
+# which runs on SpikingJelly 0.0.0.0.12: their own `Rectangle(alpha)` in `modules.surrogate`
+# (1/alpha inside the closed window |z| <= alpha/2: the paper's rectangle, the same alpha), and
+# the SpikingJelly 0.0.0.0.12 classes their training script picks (`clock_driven.surrogate`,
+# with the formulas of SpikingJelly 2.0's classes of the same names).
+AUTHORS_SURROGATE_MODULE = "modules.surrogate"
+OLD_SJ_SURROGATE_MODULE = "spikingjelly.clock_driven.surrogate"
+SURROGATE_CLASSES = {
+    **{(SJ_SURROGATE_MODULE, name): entry for name, entry in SJ_SURROGATES.items()},
+    **{(OLD_SJ_SURROGATE_MODULE, name): SJ_SURROGATES[name]
+       for name in ("Sigmoid", "ATan", "PiecewiseQuadratic")},
+    (AUTHORS_SURROGATE_MODULE, "Rectangle"): ("rectangle", ("alpha",), lambda a: (a, None)),
+}
+
+
+def _surrogate_entry(cls):
+    """The SURROGATE_CLASSES entry of exactly this class, or None. The authors' module is
+    found under any package (`modules.surrogate`, or `<package>.modules.surrogate` when their
+    code is vendored)."""
+    module = cls.__module__
+    if module.endswith("." + AUTHORS_SURROGATE_MODULE):
+        module = AUTHORS_SURROGATE_MODULE
+    return SURROGATE_CLASSES.get((module, cls.__name__))
 
 
 def _supported():
-    return (f"the names {sorted(SURROGATES)} or SpikingJelly 2.0's "
-            f"{', '.join(sorted(SJ_SURROGATES))}")
+    return (f"the names {sorted(SURROGATES)}, SpikingJelly 2.0's "
+            f"{', '.join(sorted(SJ_SURROGATES))}, SpikingJelly 0.0.0.0.12's Sigmoid, ATan and "
+            "PiecewiseQuadratic, or the paper authors' modules.surrogate.Rectangle")
 
 
 def surrogate_spec(surrogate, alpha=None, beta=None):
     """(name, alpha, beta) in this package's convention from a surrogate name (with `alpha` and
-    `beta` as given) or a SpikingJelly 2.0 surrogate object (which carries its own parameters;
-    `SJ_SURROGATES` has the conversions). A SpikingJelly object with `spiking=False`, a
-    subclass of one, or any other object raises."""
+    `beta` as given) or a surrogate object of `SURROGATE_CLASSES` (which carries its own
+    parameters; the table has the conversions). An object with `spiking=False`, a subclass of
+    one of those classes, or any other object raises."""
     if isinstance(surrogate, str):
         return surrogate, alpha, beta
     cls = type(surrogate)
-    if cls.__module__ != SJ_SURROGATE_MODULE or cls.__name__ not in SJ_SURROGATES:
+    entry = _surrogate_entry(cls)
+    if entry is None:
         raise ValueError(f"unsupported surrogate {cls.__module__}.{cls.__qualname__}: the fused "
                          f"kernels compute {_supported()} (exactly those classes, not "
                          "subclasses: a subclass may change the derivative)")
@@ -66,7 +91,7 @@ def surrogate_spec(surrogate, alpha=None, beta=None):
         raise ValueError(f"{cls.__name__}(spiking=False) outputs the surrogate's primitive, not "
                          "spikes; the fused kernels fire binary spikes and cannot do that (use "
                          "spiking=True, or SpikingJelly's own neuron)")
-    name, params, convert = SJ_SURROGATES[cls.__name__]
+    name, params, convert = entry
     values = [_finite_float(f"{cls.__name__}.{p}", getattr(surrogate, p)) for p in params]
     if values[0] <= 0:
         raise ValueError(f"{cls.__name__}.{params[0]} must be > 0, got {values[0]}")
@@ -88,8 +113,8 @@ def _by_value(value):
 
 def surrogate_key(sg):
     """What `surrogate_spec(sg)` depends on, by value: equal keys give equal results."""
-    entry = SJ_SURROGATES.get(type(sg).__name__)
-    names = entry[1] if entry is not None else getattr(sg, "_sg_param_names", ())
+    entry = _surrogate_entry(type(sg))
+    names = entry[1] if entry is not None else ()
     return (type(sg), getattr(sg, "spiking", None),
             tuple(_by_value(getattr(sg, k, None)) for k in names))
 
