@@ -51,9 +51,9 @@ def build_info() -> dict:
     return dict(BUILD_INFO)
 
 
-def why_not(kind: str) -> str:
-    """Why an extension did not load, as a clause for a message: the build's decision, or the
-    import error."""
+def load_failure(kind: str) -> str:
+    """Why an extension did not load, as a clause to append to a message ("; ..."): the build's
+    decision, or the import error; "" when neither is known."""
     if kind == "cuda" and build_info().get("cuda_why"):
         return f"; the build skipped it: {build_info()['cuda_why']}"
     err = load_errors.get("_C" if kind == "cpp" else "_C_cuda")
@@ -66,7 +66,7 @@ def report() -> str:
     lines = []
     for kind, module in (("cpp", "clif_kernels._C (C++ CPU kernel)"),
                          ("cuda", "clif_kernels._C_cuda (CUDA kernels)")):
-        state = "loaded" if loaded[kind] else "not loaded" + (why_not(kind) or "")
+        state = "loaded" if loaded[kind] else "not loaded" + load_failure(kind)
         lines.append(f"{module}: {state}")
     return "\n".join(lines)
 

@@ -3,12 +3,10 @@ import math
 
 import torch
 
-from .backends import REGISTRY, resolve_backend
+from .backends import DTYPES, REGISTRY, resolve_backend
 from .ops import FusedNeuron, fused_options
 from .options import make_options
 from .reference import neuron_reference
-
-_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def _check_state(name, state, x_seq):
@@ -64,9 +62,9 @@ def run(x_seq, is_clif, v0, m0, return_state, backend, opts, spike_grad=True):
         raise TypeError(f"x_seq must be a tensor, got {type(x_seq).__name__}")
     if x_seq.dim() < 1:
         raise ValueError("x_seq must have at least one dimension (time first: [T, *])")
-    if x_seq.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"x_seq must be a floating tensor (float16, bfloat16, float32, float64); "
-                        f"got {x_seq.dtype}")
+    if x_seq.dtype not in DTYPES:
+        kinds = ", ".join(str(d).replace("torch.", "") for d in DTYPES)
+        raise TypeError(f"x_seq must be a floating tensor ({kinds}); got {x_seq.dtype}")
     if not isinstance(return_state, bool):
         raise TypeError(f"return_state must be a bool, got {type(return_state).__name__}")
     if torch._C._are_functorch_transforms_active():
@@ -130,7 +128,8 @@ def clif(x_seq, *, tau=2.0, v_threshold=1.0, v_reset=None, decay_input=False,
             0.01).
         v0, m0: `[*]` initial membrane and complementary potentials (default: the spec's).
         return_state: also return the final states.
-        backend: "auto", "torch", "triton", "cuda" or "cpp".
+        backend: "auto" (the fastest that runs here) or a name of `backends.REGISTRY`:
+            "cuda", "triton", "cpp", "reference" (the plain PyTorch loop; "torch" is an alias).
 
     Returns:
         spikes `[T, *]` in x_seq's dtype, or `(spikes, vT, mT)` with `return_state=True`.

@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .backends import check_backend_name
 from .functional import run
 from .options import DEFAULT_BETA, SURROGATES, _finite_float, make_options
 
@@ -186,6 +187,17 @@ class _Node(FusedStepping, nn.Module):
         self.step_mode = step_mode
         self.backend = backend
         self.reset()
+
+    @property
+    def backend(self):
+        """The backend of every call: "auto" or a name of `backends.REGISTRY` (checked at
+        construction and on assignment)."""
+        return self._backend
+
+    @backend.setter
+    def backend(self, value):
+        check_backend_name(value)
+        self._backend = value
 
     def neuron_options(self):
         sg = self.__dict__.get("_surrogate_object")

@@ -56,7 +56,6 @@ _SCHEMA_TYPES = {"tau": "float", "v_threshold": "float", "v_reset": "float?",
                  "decay_input": "bool", "surrogate": "int", "alpha": "float",
                  "beta": "float", "detach_reset": "bool", "is_clif": "bool"}
 _OPTIONS = ", ".join(f"{_SCHEMA_TYPES[f]} {f}" for f in FusedOptions._fields)
-FWD_TENSORS = ("x", "v0", "m0")  # the differentiable inputs, first in both ops
 FWD_SCHEMA = (f"(Tensor x, Tensor? v0, Tensor? m0, {_OPTIONS}, bool save) "
               "-> (Tensor, Tensor, Tensor, Tensor)")
 BWD_SCHEMA = (f"(Tensor x, Tensor? v0, Tensor? m0, Tensor ckpt, Tensor? grad_spikes, "
@@ -166,8 +165,9 @@ class FusedNeuron(torch.autograd.Function):
         return (None,) + _backward(ctx, ctx.bwd_op, grad_spikes, grad_vT, grad_mT)
 
 
-def _register(namespace: str) -> OpPair:
-    """Fake kernels and autograd for `<namespace>::fwd/bwd`; returns the op pair."""
+def register(namespace: str) -> OpPair:
+    """Fake kernels and autograd for `<namespace>::fwd/bwd` (defined here, or by a compiled
+    library: clif_ops.cpp); returns the op pair."""
     torch.library.register_fake(f"{namespace}::fwd")(_fwd_fake)
     torch.library.register_fake(f"{namespace}::bwd")(_bwd_fake)
     pair = OpPair(getattr(torch.ops, namespace).fwd.default,
@@ -202,9 +202,5 @@ def define(namespace: str, fwd_impl: Callable, bwd_impl: Callable, devices) -> O
         lib.impl("fwd", fwd, device)
         lib.impl("bwd", bwd, device)
     _libraries.append(lib)
-    return _register(namespace)
+    return register(namespace)
 
-
-def register_compiled(namespace: str) -> OpPair:
-    """Fake kernels and autograd for the ops a compiled library declared (clif_ops.cpp)."""
-    return _register(namespace)

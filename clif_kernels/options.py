@@ -26,7 +26,6 @@ DEFAULT_ALPHA = {"rectangle": 1.0, "sigmoid": 4.0, "atan": 2.0, "triangle": 1.0,
 # The surrogates with a second parameter, and its default (0 for every other surrogate, which
 # refuses one).
 DEFAULT_BETA = {"piecewise_leaky_relu": 0.01}
-BACKENDS = ("auto", "torch", "triton", "cuda", "cpp")
 # Steps per recomputed segment of the fused backwards; csrc/clif_core.h has the C++ twin
 # (kCkptEvery), and a test checks that the two agree. 8 keeps the backward's register tiles at
 # 2 * 8 values per neuron and covers the common T = 4..8 with no checkpoint at all.

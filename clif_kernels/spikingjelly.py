@@ -113,8 +113,9 @@ class _SpikingJellyFused(FusedStepping):
 
 class ComplementaryLIFNode(_SpikingJellyFused, _sj_neuron.ComplementaryLIFNode):
     """SpikingJelly 2.0's `ComplementaryLIFNode` (soft reset, no input decay; tau, v_threshold,
-    surrogate_function), with the fused kernels stepping it. `backend`: "auto", "torch",
-    "triton", "cuda" or "cpp" (clif_kernels.clif's)."""
+    surrogate_function), with the fused kernels stepping it. `backend`: that of clif_kernels.clif
+    ("auto" or a name of `backends.REGISTRY`). `surrogate_in_eval`: keep the surrogate gradient in
+    eval mode (SpikingJelly's fires a plain Heaviside there, which passes none)."""
 
     _is_clif = True
 

@@ -1,5 +1,6 @@
 // Schemas of the clif_fused ops. This file compiles without nvcc; the CPU implementation is in
-// clif_cpu.cpp and the CUDA one in clif_cuda.cu (a separate extension, loaded when built).
+// clif_cpu.cpp and the CUDA one in clif_cuda.cpp with its kernels in clif_cuda_kernels.cu (a
+// separate extension, loaded when built).
 #include <Python.h>
 #include <torch/library.h>
 

@@ -75,7 +75,7 @@ def test_strided_states(backend, kind, is_clif):
     else:
         assert not (v0.is_contiguous() or m0.is_contiguous())
     x = torch.randn(9, *shape, device=DEVICE[backend]) * 1.5 + 0.3
-    _assert_same(_run(backend, is_clif, x, v0, m0), _run("torch", is_clif, x, v0, m0))
+    _assert_same(_run(backend, is_clif, x, v0, m0), _run("reference", is_clif, x, v0, m0))
 
 
 # -- infinities, NaN, overflowing h ---------------------------------------------------------
@@ -111,7 +111,7 @@ def _nonfinite_case(backend, name, value, opts, is_clif):
         h = neuron_reference(x.cpu(), o, clif=is_clif, v0=v0.cpu(), return_h=True)[-1]
         skip = torch.isnan(h).any(0)
         assert skip.sum() < len(skip) // 10
-    _assert_same(_run(backend, is_clif, x, v0, **opts), _run("torch", is_clif, x, v0, **opts),
+    _assert_same(_run(backend, is_clif, x, v0, **opts), _run("reference", is_clif, x, v0, **opts),
                  skip=skip)
 
 
@@ -138,7 +138,7 @@ def test_non_finite_float64_cpp():
         pytest.skip(unavailable("cpp", torch.float64))
     x = _bad_input(float("inf"), "cpu").double()
     x[5, 7] = -float("inf")
-    _assert_same(_run("cpp", True, x), _run("torch", True, x), rtol=1e-12, atol=1e-12)
+    _assert_same(_run("cpp", True, x), _run("reference", True, x), rtol=1e-12, atol=1e-12)
 
 
 # -- double backward ------------------------------------------------------------------------
@@ -149,7 +149,7 @@ def test_double_backward_matches_reference(backend, is_clif):
     x0 = (torch.randn(10, 40, generator=g) * 0.8 + 0.6).to(DEVICE[backend])
     v00 = torch.randn(40, generator=g).to(DEVICE[backend])
     results = []
-    for name in (backend, "torch"):
+    for name in (backend, "reference"):
         x, v0 = x0.clone().requires_grad_(), v00.clone().requires_grad_()
         out = _fn(is_clif)(x, v0=v0, surrogate="sigmoid", backend=name, return_state=True)
         gx, gv = torch.autograd.grad(out[0].sum() + (out[1] ** 2).sum(), (x, v0),
@@ -268,9 +268,9 @@ def test_cpu_cache_limit_validates_its_argument():
     assert extension.set_cpu_cache_limit(old) == 64
 
 
-@pytest.mark.parametrize("name", ["torch", "cpp", "triton"])
+@pytest.mark.parametrize("name", ["reference", "cpp", "triton"])
 def test_zero_steps_returns_new_state_tensors(name):
-    if name != "torch" and unavailable(name) is not None:
+    if name != "reference" and unavailable(name) is not None:
         pytest.skip(unavailable(name))
     v0, m0 = torch.randn(5), torch.randn(5)
     _, vT, mT = clif_kernels.clif(torch.empty(0, 5), v0=v0, m0=m0, return_state=True,
@@ -341,14 +341,14 @@ OUT_OF_FLOAT32 = [
 ]
 
 
-@pytest.mark.parametrize("name", ["torch", "cpp", "triton"])
+@pytest.mark.parametrize("name", ["reference", "cpp", "triton"])
 @pytest.mark.parametrize("kw,arg", OUT_OF_FLOAT32, ids=[str(k) for k, _ in OUT_OF_FLOAT32])
 @pytest.mark.parametrize("is_clif", [True, False])
 def test_parameters_out_of_float32_range_are_refused(name, kw, arg, is_clif):
     """Every backend refuses them for fp32/fp16/bf16 inputs, naming the argument and its
     limits (before, cpp and Triton returned NaN or a gradient of 0 where the reference raised or
     returned another value)."""
-    if name != "torch" and unavailable(name) is not None:
+    if name != "reference" and unavailable(name) is not None:
         pytest.skip(unavailable(name))
     with pytest.raises(ValueError, match=rf"{arg}=.* out of range .*float32.*{arg} must be "
                                          r".*between [0-9.e+-]+ and [0-9.e+-]+"):
@@ -362,7 +362,7 @@ def test_float64_runs_what_float32_cannot(kw, arg):
     if unavailable("cpp", torch.float64) is not None:
         pytest.skip(unavailable("cpp", torch.float64))
     x = torch.randn(6, 16, dtype=torch.float64) * 2
-    _assert_same(_run("cpp", True, x, **kw), _run("torch", True, x, **kw), rtol=1e-12,
+    _assert_same(_run("cpp", True, x, **kw), _run("reference", True, x, **kw), rtol=1e-12,
                  atol=1e-12)
 
 
@@ -392,12 +392,12 @@ def test_range_limits_are_those_of_the_constants():
     assert err(v_threshold=0.0, v_reset=0.0, beta=0.0, surrogate="piecewise_leaky_relu") is None
 
 
-@pytest.mark.parametrize("name", ["torch", "cpp", "triton"])
+@pytest.mark.parametrize("name", ["reference", "cpp", "triton"])
 @pytest.mark.parametrize("is_clif", [True, False])
 def test_zero_steps_backpropagate(name, is_clif):
     """T = 0: a loss over the (empty) spikes backpropagates on every backend, to a zero-size
     gradient of x and a zero gradient of v0 (the reference's spikes used to have no graph)."""
-    if name != "torch" and unavailable(name) is not None:
+    if name != "reference" and unavailable(name) is not None:
         pytest.skip(unavailable(name))
     x = torch.empty(0, 3, 5, requires_grad=True)
     v0 = torch.randn(3, 5, requires_grad=True)

@@ -82,7 +82,7 @@ def test_window_edges(backend):
     for surrogate, params in (("rectangle", dict(alpha=0.5)),
                               ("piecewise_leaky_relu", dict(alpha=0.25, beta=0.03))):
         for fn, name in itertools.product((neuron_fn(True), neuron_fn(False)),
-                                          (backend, "torch")):
+                                          (backend, "reference")):
             x.grad = None
             fn(x, surrogate=surrogate, backend=name, **params).sum().backward()
             assert torch.equal(x.grad.cpu()[0], torch.tensor(expected[surrogate])), \
@@ -167,7 +167,7 @@ def test_non_contiguous_input(backend, view):
          "time_not_outermost": base.transpose(0, 1),          # [40, 6, 9]: needs a copy
          "strided": base[:, ::2]}[view]                       # [6, 20, 9], not dense
     assert not x.is_contiguous()
-    ref = neuron_fn(True)(x, backend="torch")
+    ref = neuron_fn(True)(x, backend="reference")
     out = neuron_fn(True)(x, backend=backend)
     assert out.shape == x.shape
     assert torch.equal(out, ref)
@@ -179,7 +179,7 @@ def test_non_finite_input_does_not_crash(backend, bad):
     x[2, 4] = bad
     x.requires_grad_()
     s, vT, mT = neuron_fn(True)(x, return_state=True, backend=backend)
-    ref_s = neuron_fn(True)(x.detach(), backend="torch")
+    ref_s = neuron_fn(True)(x.detach(), backend="reference")
     (s.sum() + vT.sum()).backward()
     # Neurons the bad value never touches are unaffected.
     keep = torch.ones(33, dtype=torch.bool, device=x.device)
@@ -389,7 +389,7 @@ def test_channels_last_input_keeps_its_layout(backend, with_state):
     v0 = (torch.randn(2, 5, 6, 3, device=dev) * 0.5).permute(0, 3, 1, 2) if with_state else None
     s, vT, mT = neuron_fn(True)(x, v0=v0, return_state=True, backend=backend)
     assert s.stride() == x.stride() and vT.stride() == x[0].stride()
-    ref_s, ref_v, _ = neuron_fn(True)(x.detach(), v0=v0, return_state=True, backend="torch")
+    ref_s, ref_v, _ = neuron_fn(True)(x.detach(), v0=v0, return_state=True, backend="reference")
     assert torch.equal(s, ref_s)
     torch.testing.assert_close(vT, ref_v, rtol=1e-5, atol=1e-6)
     (s * torch.arange(s.numel(), device=dev).view(s.shape).sin()).sum().backward()
@@ -433,7 +433,7 @@ def test_cpu_output_cache():
     try:
         extension.empty_cpu_cache()
         s = neuron_fn(True)(x, backend="cpp")
-        ptr, expected = s.data_ptr(), neuron_fn(True)(x, backend="torch")
+        ptr, expected = s.data_ptr(), neuron_fn(True)(x, backend="reference")
         del s
         assert extension.cpu_cache_bytes() >= x.numel() * 4
         s = neuron_fn(True)(x, backend="cpp")

@@ -74,7 +74,7 @@ def _assert_same(ours, theirs):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=what)
 
 
-@pytest.mark.parametrize("backend", ["torch", "cpp", "triton"])
+@pytest.mark.parametrize("backend", ["reference", "cpp", "triton"])
 @pytest.mark.parametrize("kind", ["clif", "lif"])
 @pytest.mark.parametrize("sg,edge", SURROGATES, ids=[_sg_id(s) for s, _ in SURROGATES])
 def test_surrogates_match_spikingjelly(sg, edge, kind, backend):
@@ -331,7 +331,7 @@ def test_annealed_tensor_alpha_follows_spikingjelly(kind, sg_cls, alpha0):
     assert not any(torch.equal(seen[0], g) for g in seen[1:]), "alpha changed nothing"
 
 
-@pytest.mark.parametrize("backend", ["torch", "cpp"])
+@pytest.mark.parametrize("backend", ["reference", "cpp"])
 def test_eval_mode_matches_spikingjelly(backend):
     """In eval mode SpikingJelly's CLIF fires with a plain Heaviside step, which passes no
     surrogate gradient (the potentials still pass theirs); so does the drop-in, unless
