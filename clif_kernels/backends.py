@@ -123,10 +123,12 @@ _compiled_pair: Optional[ops.OpPair] = None
 
 
 def _compiled_load():
-    """The C++ library's op pair (its CPU kernel; the CUDA kernels register on the same ops)."""
+    """The C++ library's op pair (its CPU kernel; the CUDA kernels register on the same ops),
+    on the schemas declared in Python."""
     global _compiled_pair
     if _compiled_pair is None:
         extension.load()
+        ops.define_schemas("clif_fused")
         _compiled_pair = ops.register("clif_fused")
     return _compiled_pair
 

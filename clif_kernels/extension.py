@@ -1,6 +1,6 @@
 """Loading of the compiled extensions, and a just-in-time build for a source checkout.
 
-`clif_kernels._C` (C++ CPU kernel, and the schemas of the `clif_fused` ops) and
+`clif_kernels._C` (C++ CPU kernel of the `clif_fused` ops, whose schemas ops.py declares) and
 `clif_kernels._C_cuda` (CUDA kernels) are built by setup.py. Without them the package still
 works with its reference and Triton backends; `jit_build()` compiles them on the spot with
 `torch.utils.cpp_extension.load`.

@@ -5,6 +5,7 @@ import torch
 
 from .backends import DTYPES, REGISTRY, resolve_backend
 from .ops import FusedNeuron, fused_options
+from .options import DEFAULTS as D
 from .options import make_options
 from .reference import neuron_reference
 
@@ -112,9 +113,10 @@ def run(x_seq, is_clif, v0, m0, return_state, backend, opts, spike_grad=True):
     return (spikes, vT, mT) if is_clif else (spikes, vT)
 
 
-def clif(x_seq, *, tau=2.0, v_threshold=1.0, v_reset=None, decay_input=False,
-         surrogate="rectangle", alpha=None, beta=None, detach_reset=False, v0=None, m0=None,
-         return_state=False, backend="auto"):
+def clif(x_seq, *, tau=D["tau"], v_threshold=D["v_threshold"], v_reset=D["v_reset"],
+         decay_input=D["decay_input"], surrogate=D["surrogate"], alpha=D["alpha"],
+         beta=D["beta"], detach_reset=D["detach_reset"], v0=None, m0=None, return_state=False,
+         backend="auto"):
     """CLIF neuron over a whole sequence.
 
     Args:
@@ -144,9 +146,10 @@ def clif(x_seq, *, tau=2.0, v_threshold=1.0, v_reset=None, decay_input=False,
     return run(x_seq, True, v0, m0, return_state, backend, opts)
 
 
-def lif(x_seq, *, tau=2.0, v_threshold=1.0, v_reset=None, decay_input=False,
-        surrogate="rectangle", alpha=None, beta=None, detach_reset=False, v0=None,
-        return_state=False, backend="auto"):
+def lif(x_seq, *, tau=D["tau"], v_threshold=D["v_threshold"], v_reset=D["v_reset"],
+        decay_input=D["decay_input"], surrogate=D["surrogate"], alpha=D["alpha"],
+        beta=D["beta"], detach_reset=D["detach_reset"], v0=None, return_state=False,
+        backend="auto"):
     """LIF neuron over a whole sequence: `clif` without the complementary potential.
 
     Returns spikes `[T, *]`, or `(spikes, vT)` with `return_state=True`.

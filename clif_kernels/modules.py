@@ -23,6 +23,7 @@ from torch import nn
 from .backends import check_backend_name
 from .functional import run
 from .options import DEFAULT_BETA, SURROGATES, _finite_float, make_options
+from .options import DEFAULTS as D
 
 # SpikingJelly 2.0's surrogate classes (spikingjelly.activation_based.surrogate) that the kernels
 # compute, by class name: the kernel surrogate of the same function, and its (alpha, beta) from
@@ -160,7 +161,7 @@ class FusedStepping:
 
 
 class _Node(FusedStepping, nn.Module):
-    _default_surrogate = "rectangle"
+    _default_surrogate = D["surrogate"]
 
     def __init__(self, tau, v_threshold, v_reset, decay_input, surrogate, alpha, detach_reset,
                  step_mode, backend, store_state_seqs, surrogate_function, beta):
@@ -173,8 +174,9 @@ class _Node(FusedStepping, nn.Module):
         elif surrogate is None:
             surrogate = self._default_surrogate
         name, alpha, beta = surrogate_spec(surrogate, alpha, beta)
-        self.opts = make_options(tau, v_threshold, v_reset, decay_input, name, alpha,
-                                 detach_reset, beta)
+        self.opts = make_options(tau=tau, v_threshold=v_threshold, v_reset=v_reset,
+                                 decay_input=decay_input, surrogate=name, alpha=alpha,
+                                 beta=beta, detach_reset=detach_reset)
         # A surrogate object is read again on every call (its parameters may be annealed, in
         # place or by assignment), by value; kept out of nn.Module's registries so that the
         # node's state_dict and repr stay those of a string surrogate.
@@ -207,8 +209,9 @@ class _Node(FusedStepping, nn.Module):
         if key != self.__dict__["_surrogate_key"] or torch.compiler.is_compiling():
             name, alpha, beta = surrogate_spec(sg)
             o = self.opts
-            opts = make_options(o.tau, o.v_threshold, o.v_reset, o.decay_input, name, alpha,
-                                o.detach_reset, beta)
+            opts = make_options(tau=o.tau, v_threshold=o.v_threshold, v_reset=o.v_reset,
+                                decay_input=o.decay_input, surrogate=name, alpha=alpha,
+                                beta=beta, detach_reset=o.detach_reset)
             if torch.compiler.is_compiling():
                 return opts
             self.opts = opts
@@ -319,9 +322,10 @@ class CLIFNode(_Node):
 
     _is_clif = True
 
-    def __init__(self, tau=2.0, v_threshold=1.0, v_reset=None, decay_input=False,
-                 surrogate=None, alpha=None, detach_reset=False, step_mode="s",
-                 backend="auto", store_state_seqs=False, surrogate_function=None, beta=None):
+    def __init__(self, tau=D["tau"], v_threshold=D["v_threshold"], v_reset=D["v_reset"],
+                 decay_input=D["decay_input"], surrogate=None, alpha=D["alpha"],
+                 detach_reset=D["detach_reset"], step_mode="s", backend="auto",
+                 store_state_seqs=False, surrogate_function=None, beta=D["beta"]):
         super().__init__(tau, v_threshold, v_reset, decay_input, surrogate, alpha, detach_reset,
                          step_mode, backend, store_state_seqs, surrogate_function, beta)
 
@@ -333,8 +337,11 @@ class LIFNode(_Node):
     _is_clif = False
     _default_surrogate = "sigmoid"
 
-    def __init__(self, tau=2.0, v_threshold=1.0, v_reset=0.0, decay_input=True,
-                 surrogate=None, alpha=None, detach_reset=False, step_mode="s",
-                 backend="auto", store_state_seqs=False, surrogate_function=None, beta=None):
+    # SpikingJelly's LIFNode defaults where they differ from the options' (v_reset,
+    # decay_input, the surrogate); the rest are the options'.
+    def __init__(self, tau=D["tau"], v_threshold=D["v_threshold"], v_reset=0.0,
+                 decay_input=True, surrogate=None, alpha=D["alpha"],
+                 detach_reset=D["detach_reset"], step_mode="s", backend="auto",
+                 store_state_seqs=False, surrogate_function=None, beta=D["beta"]):
         super().__init__(tau, v_threshold, v_reset, decay_input, surrogate, alpha, detach_reset,
                          step_mode, backend, store_state_seqs, surrogate_function, beta)

@@ -1,13 +1,20 @@
-"""Validation of the neuron's keyword arguments, shared by every backend.
+"""The neuron's options, declared once, and their validation, shared by every backend.
 
-Every backend receives the same normalised `NeuronOptions`, so a bad argument is rejected once,
-with its name, before any kernel runs.
+`NeuronOptions` is the one definition: each field carries its public keyword's default (what
+`clif`, `lif` and the modules take), its type in the fused ops' schema and its check, and the
+field order is the ops' argument order. The ops' schemas (`ops.FWD_SCHEMA`, `ops.BWD_SCHEMA`:
+the options, then the per-call arguments of `CALL_ARGS`), `ops.FusedOptions`, and the C++
+entry points (csrc/clif_host.h's CLIF_OP_OPTIONS, checked against the schema by the dispatcher
+and by a test) follow it.
+
+Every backend receives the same normalised `NeuronOptions` (from `make_options`, keywords only),
+so a bad argument is rejected once, with its name, before any kernel runs.
 """
 from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Optional
 
 import numpy as np
@@ -38,20 +45,29 @@ def n_checkpoints(T: int) -> int:
     return max(-(-T // CKPT_EVERY) - 1, 0)
 
 
+def _option(default, schema, check):
+    """A field of NeuronOptions: its public default, its type in the ops' schema, and
+    `check(name, value)`, which returns the value normalised or raises naming the argument."""
+    return field(default=default, metadata={"schema": schema, "check": check})
+
+
 @dataclass(frozen=True)
 class NeuronOptions:
-    """The spec's parameters after validation; `alpha` is never None here, `beta` is the
-    surrogate's second parameter (0 for those without one)."""
+    """The spec's parameters (docs/clif-spec.md). Build it with `make_options(**keywords)`: the
+    fields then hold validated values (`alpha` is never None, `beta` is the surrogate's second
+    parameter, 0 for those without one). The defaults here are the public keywords' defaults;
+    in the ops, `surrogate` is its index in SURROGATES."""
 
-    tau: float = 2.0
-    v_threshold: float = 1.0
-    v_reset: Optional[float] = None
-    decay_input: bool = False
-    surrogate: str = "rectangle"
-    alpha: float = 1.0
-    detach_reset: bool = False
-    beta: float = 0.0
-    # Why the options cannot run in float32 arithmetic (`range_error`), None when they can.
+    tau: float = _option(2.0, "float", lambda n, v: _positive(n, v))
+    v_threshold: float = _option(1.0, "float", lambda n, v: _finite_float(n, v))
+    v_reset: Optional[float] = _option(None, "float?", lambda n, v: _optional_float(n, v))
+    decay_input: bool = _option(False, "bool", lambda n, v: _flag(n, v))
+    surrogate: str = _option("rectangle", "int", lambda n, v: _surrogate_name(n, v))
+    alpha: Optional[float] = _option(None, "float", lambda n, v: _optional_float(n, v))
+    beta: Optional[float] = _option(None, "float", lambda n, v: _optional_float(n, v))
+    detach_reset: bool = _option(False, "bool", lambda n, v: _flag(n, v))
+    # Not an option: why the options cannot run in float32 arithmetic (`range_error`), None
+    # when they can.
     float32_error: Optional[str] = field(default=None, compare=False, repr=False)
 
     @property
@@ -70,6 +86,18 @@ class NeuronOptions:
     def constants(self):
         """(gamma, c, b) of the charge h = gamma * v + c * x + b."""
         return charge_constants(self.tau, self.v_reset, self.decay_input)
+
+
+# The options' fields, in the ops' order, and the public keywords' defaults.
+OPTION_FIELDS = tuple(f for f in fields(NeuronOptions) if "schema" in f.metadata)
+DEFAULTS = {f.name: f.default for f in OPTION_FIELDS}
+# The fused ops' arguments after the options: (name, schema type, the ops that take it). Both
+# ops take `is_clif`; the forward's `save` stores the backward's checkpoints. A new argument is
+# one line here, then its consumers (the kernels' entry points).
+CALL_ARGS = (("is_clif", "bool", ("fwd", "bwd")),
+             ("save", "bool", ("fwd",)))
+# Every scalar argument of the fused ops, in order: (name, schema type, ops).
+OP_ARGS = tuple((f.name, f.metadata["schema"], ("fwd", "bwd")) for f in OPTION_FIELDS) + CALL_ARGS
 
 
 # The smallest normal magnitude and the largest finite value of the dtypes the kernels compute in:
@@ -162,40 +190,54 @@ def _flag(name, value):
     return value
 
 
-def make_options(tau=2.0, v_threshold=1.0, v_reset=None, decay_input=False,
-                 surrogate="rectangle", alpha=None, detach_reset=False,
-                 beta=None) -> NeuronOptions:
-    """Check the spec's keyword arguments and fill in the surrogate's default alpha (and beta,
-    for the one surrogate that has a second parameter)."""
-    tau = _finite_float("tau", tau)
-    if tau <= 0.0:
-        raise ValueError(f"tau must be > 0, got {tau}")
-    v_threshold = _finite_float("v_threshold", v_threshold)
-    if v_reset is not None:
-        v_reset = _finite_float("v_reset", v_reset)
-    if not isinstance(surrogate, str):
-        raise TypeError(f"surrogate must be a string, one of {sorted(SURROGATES)}; "
-                        f"got {type(surrogate).__name__}")
-    key = surrogate.lower()
+def _positive(name, value):
+    value = _finite_float(name, value)
+    if value <= 0.0:
+        raise ValueError(f"{name} must be > 0, got {value}")
+    return value
+
+
+def _optional_float(name, value):
+    return None if value is None else _finite_float(name, value)
+
+
+def _surrogate_name(name, value):
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a string, one of {sorted(SURROGATES)}; "
+                        f"got {type(value).__name__}")
+    key = value.lower()
     if key not in SURROGATES:
-        raise ValueError(f"surrogate must be one of {sorted(SURROGATES)}, got {surrogate!r}")
-    if alpha is None:
-        alpha = DEFAULT_ALPHA[key]
-    alpha = _finite_float("alpha", alpha)
-    if alpha <= 0.0:
-        raise ValueError(f"alpha must be > 0, got {alpha}")
+        raise ValueError(f"{name} must be one of {sorted(SURROGATES)}, got {value!r}")
+    return key
+
+
+def make_options(**keywords) -> NeuronOptions:
+    """Check the spec's keyword arguments (those of NeuronOptions; the others take their
+    defaults) and fill in the surrogate's default alpha (and beta, for the one surrogate that
+    has a second parameter)."""
+    unknown = set(keywords) - set(DEFAULTS)
+    if unknown:
+        raise TypeError(f"unknown options {sorted(unknown)}; the options are {list(DEFAULTS)}")
+    o = {f.name: f.metadata["check"](f.name, keywords.get(f.name, f.default))
+         for f in OPTION_FIELDS}
+    key = o["surrogate"]
+    if o["alpha"] is None:
+        o["alpha"] = DEFAULT_ALPHA[key]
+    if o["alpha"] <= 0.0:
+        raise ValueError(f"alpha must be > 0, got {o['alpha']}")
     if key in DEFAULT_BETA:
-        beta = DEFAULT_BETA[key] if beta is None else _finite_float("beta", beta)
-    elif beta is not None:
+        if o["beta"] is None:
+            o["beta"] = DEFAULT_BETA[key]
+    elif o["beta"] is not None:
         raise ValueError(f"beta is the second parameter of {sorted(DEFAULT_BETA)}; the "
-                         f"{key} surrogate has none, got beta={beta!r}")
+                         f"{key} surrogate has none, got beta={keywords['beta']!r}")
     else:
-        beta = 0.0
+        o["beta"] = 0.0
     float32_error = None
-    if not _in_plain_range(tau, v_threshold, v_reset, alpha, beta):
-        why = range_error(tau, v_threshold, v_reset, key, alpha, beta, "float64")
+    ranged = (o["tau"], o["v_threshold"], o["v_reset"], key, o["alpha"], o["beta"])
+    if not _in_plain_range(o["tau"], o["v_threshold"], o["v_reset"], o["alpha"], o["beta"]):
+        why = range_error(*ranged, "float64")
         if why is not None:
             raise ValueError(why)
-        float32_error = range_error(tau, v_threshold, v_reset, key, alpha, beta, "float32")
-    return NeuronOptions(tau, v_threshold, v_reset, _flag("decay_input", decay_input), key,
-                         alpha, _flag("detach_reset", detach_reset), beta, float32_error)
+        float32_error = range_error(*ranged, "float32")
+    return NeuronOptions(**o, float32_error=float32_error)

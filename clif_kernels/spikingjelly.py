@@ -151,8 +151,8 @@ class ComplementaryLIFNode(_SpikingJellyFused, _sj_neuron.ComplementaryLIFNode):
         return self.tau, self.v_threshold
 
     def _make_options(self, surrogate, alpha, beta):
-        return make_options(self.tau, self.v_threshold, None, False, surrogate, alpha, False,
-                            beta)
+        return make_options(tau=self.tau, v_threshold=self.v_threshold, surrogate=surrogate,
+                            alpha=alpha, beta=beta)
 
     def materialize_states(self, inputs, states, step_mode):
         shape, dtype, device = self._shape_of_step(inputs, step_mode)
@@ -193,8 +193,9 @@ class LIFNode(_SpikingJellyFused, _sj_neuron.LIFNode):
         return self.tau, self.v_threshold, self.v_reset, self.decay_input, self.detach_reset
 
     def _make_options(self, surrogate, alpha, beta):
-        return make_options(self.tau, self.v_threshold, self.v_reset, self.decay_input,
-                            surrogate, alpha, self.detach_reset, beta)
+        return make_options(tau=self.tau, v_threshold=self.v_threshold, v_reset=self.v_reset,
+                            decay_input=self.decay_input, surrogate=surrogate, alpha=alpha,
+                            beta=beta, detach_reset=self.detach_reset)
 
     def materialize_states(self, inputs, states, step_mode):
         shape, dtype, device = self._shape_of_step(inputs, step_mode)

@@ -11,7 +11,8 @@ import torch
 
 from checks import DEVICE, compare, golden_cases, unavailable
 from clif_kernels import backends, ops
-from clif_kernels.ops import FusedOptions
+from clif_kernels.ops import fused_options
+from clif_kernels.options import make_options
 from clif_kernels.options import CKPT_EVERY, n_checkpoints
 from clif_kernels.tools.verify import neuron_fn, random_problem, reference64, rel_err, run_with_grads
 
@@ -240,7 +241,7 @@ def _bwd_op(backend):
 
 
 # tau, v_threshold, v_reset, decay_input, surrogate, alpha, beta, detach_reset, is_clif
-DEFAULTS = FusedOptions(2.0, 1.0, None, False, 0, 1.0, 0.0, False, True)
+DEFAULTS = fused_options(make_options(), True)
 
 
 def test_no_grad_saves_no_checkpoints(backend):
@@ -258,8 +259,12 @@ def _op_samples(device):
     v0, m0 = torch.randn(37, generator=g).to(device), torch.rand(37, generator=g).to(device)
     return [
         (x, None, None, *DEFAULTS, True),
-        (x, v0, m0, *FusedOptions(1.5, 0.7, -0.1, True, 1, 4.0, 0.0, True, True), True),
-        (x, v0, None, *FusedOptions(3.0, 1.0, 0.0, False, 4, 0.5, 0.01, False, False), True),
+        (x, v0, m0, *fused_options(make_options(tau=1.5, v_threshold=0.7, v_reset=-0.1,
+                                                decay_input=True, surrogate="sigmoid",
+                                                detach_reset=True), True), True),
+        (x, v0, None, *fused_options(make_options(tau=3.0, v_reset=0.0, alpha=0.5,
+                                                  surrogate="piecewise_leaky_relu"), False),
+         True),
     ]
 
 
@@ -318,7 +323,9 @@ def test_eager_function_matches_op_autograd(backend, is_clif):
     for via_function in (True, False):
         x, v0, m0 = (t.clone().requires_grad_() for t in (x0, v00, m00))
         args = (x, v0, m0 if is_clif else None,
-                *FusedOptions(1.7, 0.9, -0.1, True, 1, 3.0, 0.0, False, is_clif), True)
+                *fused_options(make_options(tau=1.7, v_threshold=0.9, v_reset=-0.1,
+                                            decay_input=True, surrogate="sigmoid", alpha=3.0),
+                               is_clif), True)
         saved = []
         with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t,
                                                       lambda t: t):
