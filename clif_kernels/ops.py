@@ -34,8 +34,8 @@ from torch import Tensor
 
 from collections import namedtuple
 
-from .options import CALL_ARGS, DEFAULT_BETA, OP_ARGS, OPTION_FIELDS, SURROGATES, make_options, \
-    n_checkpoints
+from .options import CALL_ARGS, DEFAULT_BETA, OP_ARGS, OP_DEFAULTS, OPTION_FIELDS, SURROGATES, \
+    make_options, n_checkpoints
 from .reference import neuron_reference
 
 
@@ -54,7 +54,9 @@ def fused_options(opts, is_clif: bool) -> FusedOptions:
 
 
 def _schema_args(op):
-    return ", ".join(f"{schema} {name}" for name, schema, ops in OP_ARGS if op in ops)
+    def arg(name, schema):
+        return f"{schema} {name}" + (f"={OP_DEFAULTS[name]}" if name in OP_DEFAULTS else "")
+    return ", ".join(arg(name, schema) for name, schema, ops in OP_ARGS if op in ops)
 
 
 FWD_SCHEMA = (f"(Tensor x, Tensor? v0, Tensor? m0, {_schema_args('fwd')}) "

@@ -91,13 +91,18 @@ class NeuronOptions:
 # The options' fields, in the ops' order, and the public keywords' defaults.
 OPTION_FIELDS = tuple(f for f in fields(NeuronOptions) if "schema" in f.metadata)
 DEFAULTS = {f.name: f.default for f in OPTION_FIELDS}
-# The fused ops' arguments after the options: (name, schema type, the ops that take it). Both
+# The fused ops' arguments after the options: (name, schema type, the ops that take it), and
+# optionally a default, which the schema carries (a call may then leave the argument out). Both
 # ops take `is_clif`; the forward's `save` stores the backward's checkpoints. A new argument is
-# one line here, then its consumers (the kernels' entry points).
+# one line here (the forward's own ones last), then its consumers: the C++ entry points
+# (csrc/clif_host.h, fwd_op/bwd_op) and the Triton ones (triton_kernels.clif_fwd/clif_bwd).
 CALL_ARGS = (("is_clif", "bool", ("fwd", "bwd")),
              ("save", "bool", ("fwd",)))
 # Every scalar argument of the fused ops, in order: (name, schema type, ops).
-OP_ARGS = tuple((f.name, f.metadata["schema"], ("fwd", "bwd")) for f in OPTION_FIELDS) + CALL_ARGS
+OP_ARGS = (tuple((f.name, f.metadata["schema"], ("fwd", "bwd")) for f in OPTION_FIELDS)
+           + tuple(a[:3] for a in CALL_ARGS))
+# The defaults the schema declares: {name: Python value}.
+OP_DEFAULTS = {a[0]: a[3] for a in CALL_ARGS if len(a) > 3}
 
 
 # The smallest normal magnitude and the largest finite value of the dtypes the kernels compute in:
