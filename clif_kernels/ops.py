@@ -64,7 +64,7 @@ FWD_SCHEMA = (f"(Tensor x, Tensor? v0, Tensor? m0, {_schema_args('fwd')}) "
 BWD_SCHEMA = (f"(Tensor x, Tensor? v0, Tensor? m0, Tensor ckpt, Tensor? grad_spikes, "
               f"Tensor? grad_vT, Tensor? grad_mT, {_schema_args('bwd')}) "
               "-> (Tensor, Tensor, Tensor)")
-assert all(ops in (("fwd", "bwd"), ("fwd",)) for _, _, ops in CALL_ARGS)
+assert all(ops in (("fwd", "bwd"), ("fwd",)) for _, _, ops in OP_ARGS)
 
 
 class OpPair(NamedTuple):

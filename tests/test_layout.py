@@ -156,3 +156,11 @@ def test_tests_without_triton_pass():
         "'-k', 'not triton and not compile']))")
     out = _python(code, TRITON_INTERPRET="1")
     assert " passed" in out and "failed" not in out, out
+
+
+def test_a_call_argument_default_reaches_the_schema(monkeypatch):
+    """A per-call argument declared with a default (options.CALL_ARGS' optional fourth entry)
+    carries it in the schema, so that calls may leave it out."""
+    monkeypatch.setattr(ops, "OP_DEFAULTS", {"save": False})
+    assert ops._schema_args("fwd").endswith("bool is_clif, bool save=False")
+    assert "save" not in ops._schema_args("bwd")
