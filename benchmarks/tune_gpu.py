@@ -21,7 +21,8 @@ from triton.testing import do_bench
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from clif_kernels import backends, triton_kernels  # noqa: E402
-from clif_kernels.ops import FusedOptions  # noqa: E402
+from clif_kernels.ops import fused_options  # noqa: E402
+from clif_kernels.options import make_options  # noqa: E402
 
 FWD_CONFIGS = [(1024, 8), (1024, 8), (1024, 4), (512, 4), (2048, 8)]
 BWD_CONFIGS = [(256, 4), (256, 4), (128, 4), (512, 8), (256, 8)]
@@ -63,7 +64,7 @@ def main():
             x = (torch.randn(T, N, device=dev, generator=g) * 1.5 + 0.3).to(dt)
             gs = torch.randn(T, N, device=dev, generator=g).to(dt)
             # tau 2, threshold 1, soft reset, no input decay, rectangle(1), CLIF
-            opts = FusedOptions(2.0, 1.0, None, False, 0, 1.0, 0.0, False, True)
+            opts = fused_options(make_options(), True)
 
             def same(out, ref):
                 # Another block shape must not change a single bit of the result.

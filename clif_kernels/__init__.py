@@ -16,13 +16,14 @@ from ._version import __version__
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ loads them
     from .functional import clif, lif
     from .modules import CLIFNode, LIFNode
-    from .options import BACKENDS, SURROGATES
+    from .backends import BACKENDS
+    from .options import SURROGATES
 
 # What users call. `BACKENDS` and `SURROGATES` (the accepted names) stay reachable too.
 __all__ = ["clif", "lif", "CLIFNode", "LIFNode", "__version__"]
 
 _LAZY = {"clif": "functional", "lif": "functional", "CLIFNode": "modules", "LIFNode": "modules",
-         "BACKENDS": "options", "SURROGATES": "options"}
+         "BACKENDS": "backends", "SURROGATES": "options"}
 
 
 def __getattr__(name: str) -> Any:

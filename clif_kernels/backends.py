@@ -15,7 +15,6 @@ from typing import Callable, Optional, Tuple
 import torch
 
 from . import extension, ops
-from .options import BACKENDS
 
 HALF_AND_FLOAT = (torch.float16, torch.bfloat16, torch.float32)
 ALL_FLOAT = HALF_AND_FLOAT + (torch.float64,)
@@ -43,29 +42,37 @@ def has_triton() -> bool:
 
 @dataclass
 class Backend:
-    """`devices`/`dtypes`: what its kernels take (checked here); `why_not(device)`, for a device
-    of `devices`: None when it can run there, else a sentence saying why not; `load()`: its op pair (None for the
-    reference, which has no op)."""
+    """One backend. `devices`/`dtypes`: what its kernels take (None: any device); `check_device`:
+    for a device of `devices`, None when it can run there now, else a sentence saying why not;
+    `load()`: its op pair (`load` is None for the reference, which has no op); `auto_devices`: the device
+    types on which backend="auto" may pick it (None: any; `REGISTRY`'s order is auto's order)."""
 
     name: str
-    devices: Optional[Tuple[str, ...]]  # None: any device
+    devices: Optional[Tuple[str, ...]]
     dtypes: Tuple[torch.dtype, ...]
-    why_not: Callable[[torch.device], Optional[str]]
-    load: Callable[[], Optional[ops.OpPair]]
+    check_device: Callable[[torch.device], Optional[str]]
+    load: Optional[Callable[[], ops.OpPair]]
+    auto_devices: Optional[Tuple[str, ...]]
     _pair: Optional[ops.OpPair] = field(default=None, repr=False)
 
-    def unavailable_reason(self, device: torch.device, dtype: torch.dtype) -> Optional[str]:
+    @property
+    def fused(self) -> bool:
+        """Whether it runs the fused op pair (every backend but the reference)."""
+        return self.load is not None
+
+    def why_not(self, device: torch.device, dtype: torch.dtype) -> Optional[str]:
+        """None when it can run on this device and dtype, else a sentence saying why not."""
         if self.devices is not None and device.type not in self.devices:
             kinds = " or ".join(d.upper() for d in self.devices)
             return f"the {self.name} backend runs on {kinds} tensors, got a {device.type} tensor"
-        why = self.why_not(device)
+        why = self.check_device(device)
         if why is None and dtype not in self.dtypes:
             kinds = ", ".join(str(d).replace("torch.", "") for d in self.dtypes)
             why = f"the {self.name} backend takes {kinds}, got {dtype}"
         return why
 
-    def op_pair(self) -> ops.OpPair:
-        if self._pair is None:
+    def op_pair(self) -> Optional[ops.OpPair]:
+        if self._pair is None and self.load is not None:
             self._pair = self.load()
         return self._pair
 
@@ -116,11 +123,13 @@ _compiled_pair: Optional[ops.OpPair] = None
 
 
 def _compiled_load():
-    """The C++ library's op pair (its CPU kernel; the CUDA kernels register on the same ops)."""
+    """The C++ library's op pair (its CPU kernel; the CUDA kernels register on the same ops),
+    on the schemas declared in Python."""
     global _compiled_pair
     if _compiled_pair is None:
         extension.load()
-        _compiled_pair = ops.register_compiled("clif_fused")
+        ops.define_schemas("clif_fused")
+        _compiled_pair = ops.register("clif_fused")
     return _compiled_pair
 
 
@@ -128,7 +137,7 @@ def _cpp_why_not(device):
     if not extension.load()["cpp"]:
         return ("the C++ extension clif_kernels._C is not built (pip install -e . builds it; "
                 "clif_kernels.extension.jit_build() compiles it on the spot)"
-                + extension.why_not("cpp"))
+                + extension.load_failure("cpp"))
     return None
 
 
@@ -137,31 +146,52 @@ def _cuda_why_not(device):
         return _no_cuda(device)
     if not extension.load()["cuda"]:
         return ("the CUDA extension clif_kernels._C_cuda is not built (it needs nvcc and a "
-                "CUDA build of torch at install time)" + extension.why_not("cuda"))
+                "CUDA build of torch at install time)" + extension.load_failure("cuda"))
     return None
 
 
-REGISTRY = {
-    "torch": Backend("torch", None, ALL_FLOAT, lambda device: None, lambda: None),
-    "triton": Backend("triton", ("cuda", "cpu"), HALF_AND_FLOAT, _triton_why_not, _triton_load),
-    "cuda": Backend("cuda", ("cuda",), HALF_AND_FLOAT, _cuda_why_not, _compiled_load),
-    "cpp": Backend("cpp", ("cpu",), ALL_FLOAT, _cpp_why_not, _compiled_load),
-}
-# What backend="auto" tries, fastest first.
-AUTO_ORDER = {"cuda": ("cuda", "triton", "torch"), "cpu": ("cpp", "torch")}
+# The reference's name says what it is; "torch", its name before, is an alias.
+REFERENCE = "reference"
+ALIASES = {"torch": REFERENCE}
+
+# Every backend, fastest first: the order in which backend="auto" tries those of a device.
+REGISTRY = {b.name: b for b in (
+    Backend("cuda", ("cuda",), HALF_AND_FLOAT, _cuda_why_not, _compiled_load, ("cuda",)),
+    Backend("triton", ("cuda", "cpu"), HALF_AND_FLOAT, _triton_why_not, _triton_load,
+            ("cuda",)),  # on the CPU only in Triton's interpreter: never auto's choice
+    Backend("cpp", ("cpu",), ALL_FLOAT, _cpp_why_not, _compiled_load, ("cpu",)),
+    Backend(REFERENCE, None, ALL_FLOAT, lambda device: None, None, None),
+)}
+# What `backend=` takes: "auto", a name of REGISTRY, or an alias.
+BACKENDS = ("auto",) + tuple(REGISTRY)
+# The input dtypes some backend takes.
+DTYPES = tuple(dict.fromkeys(d for b in REGISTRY.values() for d in b.dtypes))
 
 
-def _check_name(backend):
-    if not isinstance(backend, str) or backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+def auto_order(device_type: str) -> Tuple[str, ...]:
+    """The backends backend="auto" tries on this device type, fastest first."""
+    return tuple(n for n, b in REGISTRY.items()
+                 if b.auto_devices is None or device_type in b.auto_devices)
+
+
+def check_backend_name(backend) -> str:
+    """The backend's name (an alias resolved); raises unless `backend` is "auto", a name of
+    `REGISTRY` or an alias."""
+    if isinstance(backend, str):
+        if backend in BACKENDS:
+            return backend
+        if backend in ALIASES:
+            return ALIASES[backend]
+    aliases = ", ".join(f"{a!r} for {n!r}" for a, n in ALIASES.items())
+    raise ValueError(f"backend must be one of {BACKENDS} (or {aliases}), got {backend!r}")
 
 
 def unavailable_reason(backend: str, device: torch.device, dtype: torch.dtype):
     """None when `backend` can run on this device and dtype, else a sentence saying why not."""
-    _check_name(backend)
+    backend = check_backend_name(backend)
     if backend == "auto":
         return None
-    return REGISTRY[backend].unavailable_reason(device, dtype)
+    return REGISTRY[backend].why_not(device, dtype)
 
 
 def _constant_under_compile(fn):
@@ -178,15 +208,16 @@ def _constant_under_compile(fn):
 def resolve_backend(backend, device: torch.device, dtype: torch.dtype) -> str:
     """Map "auto" to the fastest backend that runs here; check that a named one can run, and
     make its op pair ready (`REGISTRY[name].op_pair()`). Returns the backend's name."""
-    _check_name(backend)
+    backend = check_backend_name(backend)
     if backend == "auto":
-        name = next((n for n in AUTO_ORDER.get(device.type, ("torch",))
-                     if REGISTRY[n].unavailable_reason(device, dtype) is None), "torch")
+        name = next((n for n in auto_order(device.type)
+                     if REGISTRY[n].why_not(device, dtype) is None), REFERENCE)
         if device.type == "cuda" and REGISTRY[name].devices is None:  # the reference: say so
-            extension.warn_slow_path(device.type, {n: REGISTRY[n].unavailable_reason(
-                device, dtype) for n in AUTO_ORDER["cuda"] if REGISTRY[n].devices is not None})
+            extension.warn_slow_path(device.type, {n: REGISTRY[n].why_not(device, dtype)
+                                                   for n in auto_order("cuda")
+                                                   if REGISTRY[n].devices is not None})
     else:
-        why = REGISTRY[backend].unavailable_reason(device, dtype)
+        why = REGISTRY[backend].why_not(device, dtype)
         if why is not None:
             raise RuntimeError(f"backend={backend!r} cannot run here: {why}")
         name = backend

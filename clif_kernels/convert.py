@@ -43,22 +43,35 @@ def _is_clif(m):
 
 
 def _to_lif(node, v_reset):
+    """The LIF node replacing `node`, in its training mode (a model in eval() stays so)."""
+    return _lif_like(node, v_reset).train(node.training)
+
+
+def _lif_like(node, v_reset):
     if isinstance(node, CLIFNode):
-        o = node.opts
+        o = node.neuron_options()
+        sg = node.__dict__.get("_surrogate_object")
+        if sg is not None:  # the same object, so that its annealing goes on
+            surrogate = dict(surrogate_function=sg)
+        else:
+            surrogate = dict(surrogate=o.surrogate, alpha=o.alpha,
+                             beta=o.beta if o.surrogate in DEFAULT_BETA else None)
         return LIFNode(tau=o.tau, v_threshold=o.v_threshold, v_reset=v_reset,
-                       decay_input=o.decay_input, surrogate=o.surrogate, alpha=o.alpha,
-                       beta=o.beta if o.surrogate in DEFAULT_BETA else None,
-                       detach_reset=o.detach_reset, step_mode=node.step_mode,
-                       backend=node.backend, store_state_seqs=node.store_state_seqs)
+                       decay_input=o.decay_input, detach_reset=o.detach_reset,
+                       step_mode=node.step_mode, backend=node.backend,
+                       store_state_seqs=node.store_state_seqs, **surrogate)
     if isinstance(node, FusedStepping):
         # clif_kernels.spikingjelly's node (SpikingJelly is installed): its LIFNode, so that the
-        # network stays made of SpikingJelly neurons.
+        # network stays made of SpikingJelly neurons (SpikingJelly's LIFNode calls its
+        # store_state_seqs store_v_seq).
         from .spikingjelly import LIFNode as SpikingJellyLIFNode
         return SpikingJellyLIFNode(tau=node.tau, decay_input=False,
                                    v_threshold=node.v_threshold, v_reset=float(v_reset),
                                    surrogate_function=node.surrogate_function,
-                                   step_mode=node.step_mode, backend=node.backend)
+                                   step_mode=node.step_mode, store_v_seq=node.store_state_seqs,
+                                   backend=node.backend)
     # SpikingJelly's own ComplementaryLIFNode: soft reset, no input decay, its surrogate object.
     return LIFNode(tau=float(node.tau), v_threshold=float(node.v_threshold), v_reset=v_reset,
                    decay_input=False, surrogate_function=node.surrogate_function,
-                   step_mode=node.step_mode)
+                   step_mode=node.step_mode,
+                   store_state_seqs=bool(getattr(node, "store_state_seqs", False)))

@@ -1,7 +1,7 @@
 """Loading of the compiled extensions (loudly: one that is present but fails to load warns), and
 a just-in-time build from the sources the package carries.
 
-`clif_kernels._C` (C++ CPU kernel, and the schemas of the `clif_fused` ops) and
+`clif_kernels._C` (C++ CPU kernel of the `clif_fused` ops, whose schemas ops.py declares) and
 `clif_kernels._C_cuda` (CUDA kernels) are built by setup.py. Without them the package still
 works with its reference and Triton backends; `jit_build()` compiles them on the spot with
 `torch.utils.cpp_extension.load`.
@@ -127,9 +127,9 @@ def build_info() -> dict:
     return dict(BUILD_INFO)
 
 
-def why_not(kind: str) -> str:
-    """Why an extension did not load, as a clause for a message: the build's decision, or the
-    import error."""
+def load_failure(kind: str) -> str:
+    """Why an extension did not load, as a clause to append to a message ("; ..."): the build's
+    decision, or the import error; "" when neither is known."""
     if kind == "cuda" and build_info().get("cuda_why"):
         return f"; the build skipped it: {build_info()['cuda_why']}"
     err = load_errors.get("_C" if kind == "cpp" else "_C_cuda")
@@ -157,7 +157,7 @@ def report() -> str:
         elif name in broken:
             state = f"PRESENT BUT FAILED TO LOAD: {broken[name][0]}: {broken[name][1]}"
         else:
-            state = "not loaded" + (why_not(kind) or "")
+            state = "not loaded" + load_failure(kind)
         lines.append(f"{module}: {state}")
     return "\n".join(lines)
 

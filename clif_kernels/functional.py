@@ -4,12 +4,11 @@ from typing import Optional, Tuple, Union
 
 import torch
 
-from .backends import REGISTRY, resolve_backend
+from .backends import DTYPES, REGISTRY, resolve_backend
 from .ops import FusedNeuron, fused_options
+from .options import DEFAULTS as D
 from .options import make_options
 from .reference import neuron_reference
-
-_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def _check_state(name, state, x_seq):
@@ -39,6 +38,12 @@ def _memory_order(x_seq):
     return dims
 
 
+def _needs_grad(x_seq, v0, m0):
+    return torch.is_grad_enabled() and (
+        x_seq.requires_grad or (v0 is not None and v0.requires_grad)
+        or (m0 is not None and m0.requires_grad))
+
+
 def _fused_call(pair, *args):
     """Runs a backend's forward op on (x, v0, m0, *options, save), with autograd: the op itself
     under torch.compile (which traces it, its fake kernel and its registered autograd), and
@@ -49,16 +54,19 @@ def _fused_call(pair, *args):
     return FusedNeuron.apply(pair, *args)
 
 
-def run(x_seq, is_clif, v0, m0, return_state, backend, opts):
+def run(x_seq, is_clif, v0, m0, return_state, backend, opts, spike_grad=True):
     """`clif`/`lif` with validated `options.NeuronOptions`: what the modules call, so that their
-    options are checked once, not on every step."""
+    options are checked once, not on every step. `spike_grad=False`: the spike is a plain
+    Heaviside step with no surrogate gradient (SpikingJelly's CLIF in eval mode); gradients
+    still flow through the potentials. The fused kernels have no such mode: when a gradient is
+    needed, the reference computes that call."""
     if not isinstance(x_seq, torch.Tensor):
         raise TypeError(f"x_seq must be a tensor, got {type(x_seq).__name__}")
     if x_seq.dim() < 1:
         raise ValueError("x_seq must have at least one dimension (time first: [T, *])")
-    if x_seq.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"x_seq must be a floating tensor (float16, bfloat16, float32, float64); "
-                        f"got {x_seq.dtype}")
+    if x_seq.dtype not in DTYPES:
+        kinds = ", ".join(str(d).replace("torch.", "") for d in DTYPES)
+        raise TypeError(f"x_seq must be a floating tensor ({kinds}); got {x_seq.dtype}")
     if not isinstance(return_state, bool):
         raise TypeError(f"return_state must be a bool, got {type(return_state).__name__}")
     if torch._C._are_functorch_transforms_active():
@@ -66,8 +74,13 @@ def run(x_seq, is_clif, v0, m0, return_state, backend, opts):
                            "jacrev, ...): call it outside them and use torch.autograd.grad")
     _check_state("v0", v0, x_seq)
     _check_state("m0", m0, x_seq)
+    if opts.float32_error is not None and x_seq.dtype != torch.float64:
+        raise ValueError(opts.float32_error)
     pair = REGISTRY[resolve_backend(backend, x_seq.device, x_seq.dtype)].op_pair()
-    if pair is None:  # the reference
+    if not spike_grad and _needs_grad(x_seq, v0, m0):
+        spikes, vT, mT = neuron_reference(x_seq, opts, clif=is_clif, v0=v0, m0=m0,
+                                          spike_grad=False)
+    elif pair is None:  # the reference
         spikes, vT, mT = neuron_reference(x_seq, opts, clif=is_clif, v0=v0, m0=m0)
     else:
         # Work where the input lies: order the neuron dimensions as they sit in memory, so that a
@@ -77,9 +90,7 @@ def run(x_seq, is_clif, v0, m0, return_state, backend, opts):
         same = order == sorted(order)  # no permutation needed (a contiguous input)
         xp = x_seq if same else x_seq.permute(0, *[d + 1 for d in order])
         T, N = xp.shape[0], math.prod(xp.shape[1:])
-        needs_grad = torch.is_grad_enabled() and (
-            x_seq.requires_grad or (v0 is not None and v0.requires_grad)
-            or (m0 is not None and m0.requires_grad))
+        needs_grad = _needs_grad(x_seq, v0, m0)
 
         def flat(t):
             # Dense rows, as the kernels address them (a state may be any strided view).
@@ -103,10 +114,10 @@ def run(x_seq, is_clif, v0, m0, return_state, backend, opts):
     return (spikes, vT, mT) if is_clif else (spikes, vT)
 
 
-def clif(x_seq: torch.Tensor, *, tau: float = 2.0, v_threshold: float = 1.0,
-         v_reset: Optional[float] = None, decay_input: bool = False,
-         surrogate: str = "rectangle", alpha: Optional[float] = None,
-         beta: Optional[float] = None, detach_reset: bool = False,
+def clif(x_seq: torch.Tensor, *, tau: float = D["tau"], v_threshold: float = D["v_threshold"],
+         v_reset: Optional[float] = D["v_reset"], decay_input: bool = D["decay_input"],
+         surrogate: str = D["surrogate"], alpha: Optional[float] = D["alpha"],
+         beta: Optional[float] = D["beta"], detach_reset: bool = D["detach_reset"],
          v0: Optional[torch.Tensor] = None, m0: Optional[torch.Tensor] = None,
          return_state: bool = False, backend: str = "auto",
          ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
@@ -123,7 +134,8 @@ def clif(x_seq: torch.Tensor, *, tau: float = 2.0, v_threshold: float = 1.0,
             0.01).
         v0, m0: `[*]` initial membrane and complementary potentials (default: the spec's).
         return_state: also return the final states.
-        backend: "auto", "torch", "triton", "cuda" or "cpp".
+        backend: "auto" (the fastest that runs here) or a name of `backends.REGISTRY`:
+            "cuda", "triton", "cpp", "reference" (the plain PyTorch loop; "torch" is an alias).
 
     Returns:
         spikes `[T, *]` in x_seq's dtype, or `(spikes, vT, mT)` with `return_state=True`.
@@ -138,10 +150,10 @@ def clif(x_seq: torch.Tensor, *, tau: float = 2.0, v_threshold: float = 1.0,
     return run(x_seq, True, v0, m0, return_state, backend, opts)
 
 
-def lif(x_seq: torch.Tensor, *, tau: float = 2.0, v_threshold: float = 1.0,
-        v_reset: Optional[float] = None, decay_input: bool = False,
-        surrogate: str = "rectangle", alpha: Optional[float] = None,
-        beta: Optional[float] = None, detach_reset: bool = False,
+def lif(x_seq: torch.Tensor, *, tau: float = D["tau"], v_threshold: float = D["v_threshold"],
+        v_reset: Optional[float] = D["v_reset"], decay_input: bool = D["decay_input"],
+        surrogate: str = D["surrogate"], alpha: Optional[float] = D["alpha"],
+        beta: Optional[float] = D["beta"], detach_reset: bool = D["detach_reset"],
         v0: Optional[torch.Tensor] = None, return_state: bool = False, backend: str = "auto",
         ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
     """LIF neuron over a whole sequence: `clif` without the complementary potential.

@@ -22,8 +22,10 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from .backends import check_backend_name
 from .functional import run
 from .options import DEFAULT_BETA, SURROGATES, _finite_float, make_options
+from .options import DEFAULTS as D
 
 # SpikingJelly 2.0's surrogate classes (spikingjelly.activation_based.surrogate) that the kernels
 # compute, by class name: the kernel surrogate of the same function, and its (alpha, beta) from
@@ -42,22 +44,47 @@ SJ_SURROGATES = {
     "SuperSpike": ("super_spike", ("alpha",), lambda a: (a, None)),
     "Erf": ("erf", ("alpha",), lambda a: (a, None)),
 }
+# The surrogate classes of the paper authors' code (github.com/HuuYuLong/Complementary-LIF),
+# which runs on SpikingJelly 0.0.0.0.12: their own `Rectangle(alpha)` in `modules.surrogate`
+# (1/alpha inside the closed window |z| <= alpha/2: the paper's rectangle, the same alpha), and
+# the SpikingJelly 0.0.0.0.12 classes their training script picks (`clock_driven.surrogate`,
+# with the formulas of SpikingJelly 2.0's classes of the same names).
+AUTHORS_SURROGATE_MODULE = "modules.surrogate"
+OLD_SJ_SURROGATE_MODULE = "spikingjelly.clock_driven.surrogate"
+SURROGATE_CLASSES = {
+    **{(SJ_SURROGATE_MODULE, name): entry for name, entry in SJ_SURROGATES.items()},
+    **{(OLD_SJ_SURROGATE_MODULE, name): SJ_SURROGATES[name]
+       for name in ("Sigmoid", "ATan", "PiecewiseQuadratic")},
+    (AUTHORS_SURROGATE_MODULE, "Rectangle"): ("rectangle", ("alpha",), lambda a: (a, None)),
+}
+
+
+def _surrogate_entry(cls):
+    """The SURROGATE_CLASSES entry of exactly this class, or None. The authors' module is
+    found under any package (`modules.surrogate`, or `<package>.modules.surrogate` when their
+    code is vendored)."""
+    module = cls.__module__
+    if module.endswith("." + AUTHORS_SURROGATE_MODULE):
+        module = AUTHORS_SURROGATE_MODULE
+    return SURROGATE_CLASSES.get((module, cls.__name__))
 
 
 def _supported():
-    return (f"the names {sorted(SURROGATES)} or SpikingJelly 2.0's "
-            f"{', '.join(sorted(SJ_SURROGATES))}")
+    return (f"the names {sorted(SURROGATES)}, SpikingJelly 2.0's "
+            f"{', '.join(sorted(SJ_SURROGATES))}, SpikingJelly 0.0.0.0.12's Sigmoid, ATan and "
+            "PiecewiseQuadratic, or the paper authors' modules.surrogate.Rectangle")
 
 
 def surrogate_spec(surrogate, alpha=None, beta=None):
     """(name, alpha, beta) in this package's convention from a surrogate name (with `alpha` and
-    `beta` as given) or a SpikingJelly 2.0 surrogate object (which carries its own parameters;
-    `SJ_SURROGATES` has the conversions). A SpikingJelly object with `spiking=False`, a
-    subclass of one, or any other object raises."""
+    `beta` as given) or a surrogate object of `SURROGATE_CLASSES` (which carries its own
+    parameters; the table has the conversions). An object with `spiking=False`, a subclass of
+    one of those classes, or any other object raises."""
     if isinstance(surrogate, str):
         return surrogate, alpha, beta
     cls = type(surrogate)
-    if cls.__module__ != SJ_SURROGATE_MODULE or cls.__name__ not in SJ_SURROGATES:
+    entry = _surrogate_entry(cls)
+    if entry is None:
         raise ValueError(f"unsupported surrogate {cls.__module__}.{cls.__qualname__}: the fused "
                          f"kernels compute {_supported()} (exactly those classes, not "
                          "subclasses: a subclass may change the derivative)")
@@ -68,12 +95,32 @@ def surrogate_spec(surrogate, alpha=None, beta=None):
         raise ValueError(f"{cls.__name__}(spiking=False) outputs the surrogate's primitive, not "
                          "spikes; the fused kernels fire binary spikes and cannot do that (use "
                          "spiking=True, or SpikingJelly's own neuron)")
-    name, params, convert = SJ_SURROGATES[cls.__name__]
+    name, params, convert = entry
     values = [_finite_float(f"{cls.__name__}.{p}", getattr(surrogate, p)) for p in params]
     if values[0] <= 0:
         raise ValueError(f"{cls.__name__}.{params[0]} must be > 0, got {values[0]}")
     a, b = convert(*values)
     return name, a, b
+
+
+def _by_value(value):
+    """A parameter as part of a cache key: a number as itself, a 0-d CPU tensor by its value (the
+    tensor object alone would compare equal to itself after an in-place change such as
+    `sg.alpha.fill_(0.5)` or `sg.alpha *= 0.5`), any other tensor as a key that never matches
+    (its validation then runs, and refuses it)."""
+    if isinstance(value, torch.Tensor):
+        if value.dim() == 0 and value.device.type == "cpu" and not value.requires_grad:
+            return (value.dtype, value.item())
+        return object()
+    return value
+
+
+def surrogate_key(sg):
+    """What `surrogate_spec(sg)` depends on, by value: equal keys give equal results."""
+    entry = _surrogate_entry(type(sg))
+    names = entry[1] if entry is not None else ()
+    return (type(sg), getattr(sg, "spiking", None),
+            tuple(_by_value(getattr(sg, k, None)) for k in names))
 
 
 class FusedStepping:
@@ -99,17 +146,24 @@ class FusedStepping:
         """A whole sequence: `inputs[0]` is `[T, N, *]`; one fused launch."""
         return self._fused(inputs[0], states)
 
+    def spike_grad(self):
+        """Whether the spike passes its surrogate gradient in this call (the nodes here always
+        do; SpikingJelly's CLIF does not in eval mode)."""
+        return True
+
     def _fused(self, x_seq, states):
         opts = self.neuron_options()
         if self._is_clif:
-            spikes, v, m = run(x_seq, True, states[0], states[1], True, self.backend, opts)
+            spikes, v, m = run(x_seq, True, states[0], states[1], True, self.backend, opts,
+                               self.spike_grad())
             return (spikes,), (v, m)
-        spikes, v = run(x_seq, False, states[0], None, True, self.backend, opts)
+        spikes, v = run(x_seq, False, states[0], None, True, self.backend, opts,
+                        self.spike_grad())
         return (spikes,), (v,)
 
 
 class _Node(FusedStepping, nn.Module):
-    _default_surrogate = "rectangle"
+    _default_surrogate = D["surrogate"]
 
     def __init__(self, tau, v_threshold, v_reset, decay_input, surrogate, alpha, detach_reset,
                  step_mode, backend, store_state_seqs, surrogate_function, beta):
@@ -122,8 +176,15 @@ class _Node(FusedStepping, nn.Module):
         elif surrogate is None:
             surrogate = self._default_surrogate
         name, alpha, beta = surrogate_spec(surrogate, alpha, beta)
-        self.opts = make_options(tau, v_threshold, v_reset, decay_input, name, alpha,
-                                 detach_reset, beta)
+        self.opts = make_options(tau=tau, v_threshold=v_threshold, v_reset=v_reset,
+                                 decay_input=decay_input, surrogate=name, alpha=alpha,
+                                 beta=beta, detach_reset=detach_reset)
+        # A surrogate object is read again on every call (its parameters may be annealed, in
+        # place or by assignment), by value; kept out of nn.Module's registries so that the
+        # node's state_dict and repr stay those of a string surrogate.
+        if not isinstance(surrogate, str):
+            self.__dict__["_surrogate_object"] = surrogate
+            self.__dict__["_surrogate_key"] = surrogate_key(surrogate)
         if not isinstance(store_state_seqs, bool):
             raise TypeError(f"store_state_seqs must be a bool, got {type(store_state_seqs).__name__}")
         self.store_state_seqs = store_state_seqs
@@ -131,7 +192,32 @@ class _Node(FusedStepping, nn.Module):
         self.backend = backend
         self.reset()
 
+    @property
+    def backend(self):
+        """The backend of every call: "auto" or a name of `backends.REGISTRY` (checked at
+        construction and on assignment)."""
+        return self._backend
+
+    @backend.setter
+    def backend(self, value):
+        check_backend_name(value)
+        self._backend = value
+
     def neuron_options(self):
+        sg = self.__dict__.get("_surrogate_object")
+        if sg is None:
+            return self.opts
+        key = surrogate_key(sg)
+        if key != self.__dict__["_surrogate_key"] or torch.compiler.is_compiling():
+            name, alpha, beta = surrogate_spec(sg)
+            o = self.opts
+            opts = make_options(tau=o.tau, v_threshold=o.v_threshold, v_reset=o.v_reset,
+                                decay_input=o.decay_input, surrogate=name, alpha=alpha,
+                                beta=beta, detach_reset=o.detach_reset)
+            if torch.compiler.is_compiling():
+                return opts
+            self.opts = opts
+            self.__dict__["_surrogate_key"] = key
         return self.opts
 
     # SpikingJelly's attribute names, read-only: the options are validated once, in `opts`.
@@ -198,9 +284,12 @@ class _Node(FusedStepping, nn.Module):
             self._keep(states)
             return spikes
         states = self._carried(x[0]) if x.shape[0] else self._carried(x.new_empty(x.shape[1:]))
-        if not self.store_state_seqs:
+        if not self.store_state_seqs or not x.shape[0]:
             (spikes,), states = self.multi_step_functional_forward((x,), states)
             self._keep(states)
+            if self.store_state_seqs:  # no step: empty sequences
+                self.v_seq = x.new_empty(x.shape)
+                self.m_seq = x.new_empty(x.shape) if self._is_clif else None
             return spikes
         # The fused kernels keep no per-step state, so the sequence runs as T fused single steps
         # (the same values as one launch, as the tests check), each step's states kept with their
@@ -216,7 +305,7 @@ class _Node(FusedStepping, nn.Module):
         return torch.stack(spikes)
 
     def extra_repr(self):
-        o = self.opts
+        o = self.neuron_options()
         sg = f"{o.surrogate}(alpha={o.alpha}" + (
             f", beta={o.beta})" if o.surrogate in DEFAULT_BETA else ")")
         return (f"tau={o.tau}, v_threshold={o.v_threshold}, v_reset={o.v_reset}, "
@@ -235,12 +324,12 @@ class CLIFNode(_Node):
 
     _is_clif = True
 
-    def __init__(self, tau: float = 2.0, v_threshold: float = 1.0,
-                 v_reset: Optional[float] = None, decay_input: bool = False,
-                 surrogate: Optional[str] = None, alpha: Optional[float] = None,
-                 detach_reset: bool = False, step_mode: str = "s", backend: str = "auto",
-                 store_state_seqs: bool = False, surrogate_function: Any = None,
-                 beta: Optional[float] = None) -> None:
+    def __init__(self, tau: float = D["tau"], v_threshold: float = D["v_threshold"],
+                 v_reset: Optional[float] = D["v_reset"], decay_input: bool = D["decay_input"],
+                 surrogate: Optional[str] = None, alpha: Optional[float] = D["alpha"],
+                 detach_reset: bool = D["detach_reset"], step_mode: str = "s",
+                 backend: str = "auto", store_state_seqs: bool = False,
+                 surrogate_function: Any = None, beta: Optional[float] = D["beta"]) -> None:
         super().__init__(tau, v_threshold, v_reset, decay_input, surrogate, alpha, detach_reset,
                          step_mode, backend, store_state_seqs, surrogate_function, beta)
 
@@ -252,11 +341,13 @@ class LIFNode(_Node):
     _is_clif = False
     _default_surrogate = "sigmoid"
 
-    def __init__(self, tau: float = 2.0, v_threshold: float = 1.0,
+    # SpikingJelly's LIFNode defaults where they differ from the options' (v_reset,
+    # decay_input, the surrogate); the rest are the options'.
+    def __init__(self, tau: float = D["tau"], v_threshold: float = D["v_threshold"],
                  v_reset: Optional[float] = 0.0, decay_input: bool = True,
-                 surrogate: Optional[str] = None, alpha: Optional[float] = None,
-                 detach_reset: bool = False, step_mode: str = "s", backend: str = "auto",
-                 store_state_seqs: bool = False, surrogate_function: Any = None,
-                 beta: Optional[float] = None) -> None:
+                 surrogate: Optional[str] = None, alpha: Optional[float] = D["alpha"],
+                 detach_reset: bool = D["detach_reset"], step_mode: str = "s",
+                 backend: str = "auto", store_state_seqs: bool = False,
+                 surrogate_function: Any = None, beta: Optional[float] = D["beta"]) -> None:
         super().__init__(tau, v_threshold, v_reset, decay_input, surrogate, alpha, detach_reset,
                          step_mode, backend, store_state_seqs, surrogate_function, beta)

@@ -7,10 +7,14 @@ A backend is a pair of ops on the flattened problem `x: [T, N]`:
     bwd(x, v0, m0, ckpt, grad_spikes, grad_vT, grad_mT, <options>)
         -> (grad_x [T, N], grad_v0 [N] or [0], grad_m0 [N] or [0])
 
-`<options>` are the fields of `FusedOptions`, in its order. `ckpt` holds fp32 (fp64 for fp64
-input) checkpoints of (v, m), `[n_checkpoints(T), 2, N]`, or `[0, 2, N]` without `save`. Missing
-output gradients count as zero. The C++ ops (`clif_fused::fwd/bwd`, csrc/clif_ops.cpp) declare
-the same schemas; a test compares them with `FWD_SCHEMA`/`BWD_SCHEMA`.
+`<options>` are the fields of `FusedOptions`, in its order: the options of
+`options.NeuronOptions` (the surrogate as its index), then `is_clif`; the forward's last
+arguments are its own of `options.CALL_ARGS` (`save`). `ckpt` holds fp32 (fp64 for fp64 input)
+checkpoints of (v, m), `[n_checkpoints(T), 2, N]`, or `[0, 2, N]` without `save`. Missing
+output gradients count as zero. The schemas (`FWD_SCHEMA`, `BWD_SCHEMA`) are declared here, once,
+from `options.OP_ARGS`, for every backend: the Triton ops implement them in Python, the C++
+library (`clif_fused`) in csrc/clif_host.h, whose parameter lists the dispatcher checks
+against them.
 
 Autograd has two entrances with one formula (`_setup_context`, `_backward`):
 - `register_autograd` on the ops, which is what torch.compile traces;
@@ -28,40 +32,39 @@ from typing import Callable, NamedTuple, Optional
 import torch
 from torch import Tensor
 
-from .options import DEFAULT_BETA, SURROGATES, make_options, n_checkpoints
+from collections import namedtuple
+
+from .options import CALL_ARGS, DEFAULT_BETA, OP_ARGS, OP_DEFAULTS, OPTION_FIELDS, SURROGATES, \
+    make_options, n_checkpoints
 from .reference import neuron_reference
 
 
-class FusedOptions(NamedTuple):
-    """The ops' scalar arguments, in schema order (`fused_options` fills them)."""
-
-    tau: float
-    v_threshold: float
-    v_reset: Optional[float]
-    decay_input: bool
-    surrogate: int          # options.SURROGATES: 0 rectangle, 1 sigmoid, 2 atan, 3 triangle, ...
-    alpha: float
-    beta: float             # the surrogate's second parameter (0 where it has none)
-    detach_reset: bool
-    is_clif: bool
+# The ops' scalar arguments both ops take, in schema order (`fused_options` fills them).
+FusedOptions = namedtuple("FusedOptions", [a[0] for a in OP_ARGS if a[2] == ("fwd", "bwd")])
+# The forward's own arguments, after those.
+FWD_ARGS = tuple(a[0] for a in OP_ARGS if a[2] == ("fwd",))
+_N_OPT = len(FusedOptions._fields)
 
 
 def fused_options(opts, is_clif: bool) -> FusedOptions:
     """The ops' arguments for validated `options.NeuronOptions`."""
-    return FusedOptions(opts.tau, opts.v_threshold, opts.v_reset, opts.decay_input,
-                        opts.surrogate_id, opts.alpha, opts.beta, opts.detach_reset, is_clif)
+    values = {f.name: getattr(opts, f.name) for f in OPTION_FIELDS}
+    values["surrogate"] = opts.surrogate_id
+    return FusedOptions(**values, is_clif=is_clif)
 
 
-_SCHEMA_TYPES = {"tau": "float", "v_threshold": "float", "v_reset": "float?",
-                 "decay_input": "bool", "surrogate": "int", "alpha": "float",
-                 "beta": "float", "detach_reset": "bool", "is_clif": "bool"}
-_OPTIONS = ", ".join(f"{_SCHEMA_TYPES[f]} {f}" for f in FusedOptions._fields)
-FWD_TENSORS = ("x", "v0", "m0")  # the differentiable inputs, first in both ops
-FWD_SCHEMA = (f"(Tensor x, Tensor? v0, Tensor? m0, {_OPTIONS}, bool save) "
+def _schema_args(op):
+    def arg(name, schema):
+        return f"{schema} {name}" + (f"={OP_DEFAULTS[name]}" if name in OP_DEFAULTS else "")
+    return ", ".join(arg(name, schema) for name, schema, ops in OP_ARGS if op in ops)
+
+
+FWD_SCHEMA = (f"(Tensor x, Tensor? v0, Tensor? m0, {_schema_args('fwd')}) "
               "-> (Tensor, Tensor, Tensor, Tensor)")
 BWD_SCHEMA = (f"(Tensor x, Tensor? v0, Tensor? m0, Tensor ckpt, Tensor? grad_spikes, "
-              f"Tensor? grad_vT, Tensor? grad_mT, {_OPTIONS}) -> (Tensor, Tensor, Tensor)")
-_N_OPT = len(FusedOptions._fields)
+              f"Tensor? grad_vT, Tensor? grad_mT, {_schema_args('bwd')}) "
+              "-> (Tensor, Tensor, Tensor)")
+assert all(ops in (("fwd", "bwd"), ("fwd",)) for _, _, ops in OP_ARGS)
 
 
 class OpPair(NamedTuple):
@@ -74,7 +77,7 @@ def _ckpt_dtype(x):
 
 
 def _fwd_fake(x, v0, m0, *rest):
-    o, save = FusedOptions(*rest[:_N_OPT]), rest[_N_OPT]
+    o, save = FusedOptions(*rest[:_N_OPT]), dict(zip(FWD_ARGS, rest[_N_OPT:]))["save"]
     T, N = x.shape
     return (torch.empty_like(x), x.new_empty((N,)), x.new_empty((N if o.is_clif else 0,)),
             x.new_empty((n_checkpoints(T) if save else 0, 2, N), dtype=_ckpt_dtype(x)))
@@ -106,9 +109,11 @@ def _differentiable_backward(x, v0, m0, o, grad_spikes, grad_vT, grad_mT):
     backward (create_graph=True): autograd through the reference's forward. The fused
     backward kernels compute first-order gradients only, so training keeps them, and a second
     order (gradient penalties, Hessian-vector products) gets the reference's exact answer."""
-    name = _SURROGATE_NAMES[o.surrogate]
-    opts = make_options(o.tau, o.v_threshold, o.v_reset, o.decay_input, name, o.alpha,
-                        o.detach_reset, o.beta if name in DEFAULT_BETA else None)
+    values = {f.name: getattr(o, f.name) for f in OPTION_FIELDS}
+    name = values["surrogate"] = _SURROGATE_NAMES[o.surrogate]
+    if name not in DEFAULT_BETA:
+        values["beta"] = None
+    opts = make_options(**values)
     leaves = [None if t is None or t.requires_grad else t.detach().requires_grad_()
               for t in (x, v0, m0)]
     xr, v0r, m0r = (t if leaf is None else leaf for t, leaf in zip((x, v0, m0), leaves))
@@ -166,8 +171,9 @@ class FusedNeuron(torch.autograd.Function):
         return (None,) + _backward(ctx, ctx.bwd_op, grad_spikes, grad_vT, grad_mT)
 
 
-def _register(namespace: str) -> OpPair:
-    """Fake kernels and autograd for `<namespace>::fwd/bwd`; returns the op pair."""
+def register(namespace: str) -> OpPair:
+    """Fake kernels and autograd for `<namespace>::fwd/bwd` (defined here, or by a compiled
+    library: clif_ops.cpp); returns the op pair."""
     torch.library.register_fake(f"{namespace}::fwd")(_fwd_fake)
     torch.library.register_fake(f"{namespace}::bwd")(_bwd_fake)
     pair = OpPair(getattr(torch.ops, namespace).fwd.default,
@@ -181,19 +187,31 @@ def _register(namespace: str) -> OpPair:
 
 
 _libraries = []  # the Python-defined libraries must stay alive
+_defined = set()
+
+
+def define_schemas(namespace: str):
+    """Declare `<namespace>::fwd/bwd` with the schemas above (once per namespace); returns the
+    library, on which Python implementations may be registered."""
+    if namespace not in _defined:
+        lib = torch.library.Library(namespace, "FRAGMENT")
+        lib.define("fwd" + FWD_SCHEMA)
+        lib.define("bwd" + BWD_SCHEMA)
+        _libraries.append(lib)
+        _defined.add(namespace)
+    return next(lib for lib in _libraries if lib.ns == namespace)
 
 
 def define(namespace: str, fwd_impl: Callable, bwd_impl: Callable, devices) -> OpPair:
     """Define `<namespace>::fwd/bwd` with the schemas above, implemented in Python by
-    `fwd_impl(x, v0, m0, FusedOptions, save)` and `bwd_impl(x, v0, m0, ckpt, grad_spikes,
-    grad_vT, grad_mT, FusedOptions)` on `devices` ("CPU", "CUDA"), with fake kernels and
-    autograd."""
-    lib = torch.library.Library(namespace, "DEF")
-    lib.define("fwd" + FWD_SCHEMA)
-    lib.define("bwd" + BWD_SCHEMA)
+    `fwd_impl(x, v0, m0, FusedOptions, **forward's own arguments)` and `bwd_impl(x, v0, m0, ckpt,
+    grad_spikes, grad_vT, grad_mT, FusedOptions)` on `devices` ("CPU", "CUDA"), with fake
+    kernels and autograd."""
+    lib = define_schemas(namespace)
 
     def fwd(x, v0, m0, *rest):
-        return fwd_impl(x, v0, m0, FusedOptions(*rest[:_N_OPT]), rest[_N_OPT])
+        return fwd_impl(x, v0, m0, FusedOptions(*rest[:_N_OPT]),
+                        **dict(zip(FWD_ARGS, rest[_N_OPT:])))
 
     def bwd(x, v0, m0, ckpt, grad_spikes, grad_vT, grad_mT, *rest):
         return bwd_impl(x, v0, m0, ckpt, grad_spikes, grad_vT, grad_mT, FusedOptions(*rest))
@@ -201,10 +219,4 @@ def define(namespace: str, fwd_impl: Callable, bwd_impl: Callable, devices) -> O
     for device in devices:
         lib.impl("fwd", fwd, device)
         lib.impl("bwd", bwd, device)
-    _libraries.append(lib)
-    return _register(namespace)
-
-
-def register_compiled(namespace: str) -> OpPair:
-    """Fake kernels and autograd for the ops a compiled library declared (clif_ops.cpp)."""
-    return _register(namespace)
+    return register(namespace)

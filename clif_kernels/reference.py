@@ -1,7 +1,7 @@
 """Pure PyTorch reference of the CLIF and LIF neurons: an explicit loop over time.
 
 This is the implementation every fused backend is tested against, and the fallback backend
-("torch"). It follows `clif-spec.md` line by line; its backward is plain autograd through the loop,
+("reference"). It follows `clif-spec.md` line by line; its backward is plain autograd through the loop,
 with the surrogate derivative supplied by `SpikeFn`.
 
 Shapes: `x_seq: [T, *]`, `v0, m0: [*]`, spikes `[T, *]`, `vT, mT: [*]`.
@@ -64,7 +64,8 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def neuron_reference(x_seq, opts: NeuronOptions, *, clif=True, v0=None, m0=None, return_h=False):
+def neuron_reference(x_seq, opts: NeuronOptions, *, clif=True, v0=None, m0=None, return_h=False,
+                     spike_grad=True):
     """Run the neuron over all T steps.
 
     Args:
@@ -74,6 +75,8 @@ def neuron_reference(x_seq, opts: NeuronOptions, *, clif=True, v0=None, m0=None,
         v0, m0: `[*]` initial states, or None for the spec's defaults.
         return_h: also return the charged potentials `h_seq: [T, *]` (in compute dtype), which the
             tests use to find neurons whose spikes sit within rounding of the threshold.
+        spike_grad: False fires with a plain Heaviside step, which passes no gradient (the
+            potentials still do).
 
     Returns:
         `(spikes [T, *] in x_seq.dtype, vT, mT)` with states in x_seq.dtype (`mT` is None for LIF),
@@ -93,7 +96,10 @@ def neuron_reference(x_seq, opts: NeuronOptions, *, clif=True, v0=None, m0=None,
     spikes, hs = [], []
     for t in range(x_seq.shape[0]):
         h = gamma * v + c * x_seq[t].to(cdt) + b
-        s = SpikeFn.apply(h, th, opts.surrogate, opts.alpha, opts.beta)
+        if spike_grad:
+            s = SpikeFn.apply(h, th, opts.surrogate, opts.alpha, opts.beta)
+        else:
+            s = (h >= th).to(h.dtype)
         s_reset = s.detach() if opts.detach_reset else s
         if opts.hard_reset:
             v = (1 - s_reset) * h + s_reset * opts.v_reset
@@ -108,7 +114,12 @@ def neuron_reference(x_seq, opts: NeuronOptions, *, clif=True, v0=None, m0=None,
     if spikes:
         spikes = torch.stack(spikes).to(x_seq.dtype)
     else:
-        spikes = torch.empty_like(x_seq)
+        # No step: empty spikes, still a function of the inputs (as the fused backends' are), so
+        # that a loss over them backpropagates (to zero-size and zero gradients).
+        spikes = x_seq.clone()
+        for s0 in (v0, m0):
+            if s0 is not None and s0.requires_grad:
+                spikes = spikes + 0 * s0.to(x_seq.dtype)
         # With no step, v and m may still be the caller's v0/m0 objects: return new tensors (an
         # in-place edit of one must not change the other), with the gradient passing through.
         v, m = v.clone(), m.clone()

@@ -25,8 +25,9 @@ import numbers
 import torch
 from spikingjelly.activation_based import neuron as _sj_neuron
 
-from .modules import FusedStepping, surrogate_spec
-from .options import BACKENDS, make_options
+from .backends import check_backend_name
+from .modules import FusedStepping, _by_value, surrogate_key, surrogate_spec
+from .options import make_options
 
 __all__ = ["ComplementaryLIFNode", "LIFNode"]
 
@@ -40,12 +41,6 @@ def _defaults(cls):
 
 _CLIF_DEFAULTS = _defaults(_sj_neuron.ComplementaryLIFNode)
 _LIF_DEFAULTS = _defaults(_sj_neuron.LIFNode)
-
-
-def _check_backend(backend):
-    if not isinstance(backend, str) or backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    return backend
 
 
 class _SpikingJellyFused(FusedStepping):
@@ -70,13 +65,23 @@ class _SpikingJellyFused(FusedStepping):
         x = inputs[0]
         return (x.shape[1:] if step_mode == "m" else x.shape), x.dtype, x.device
 
+    @property
+    def backend(self):
+        """The backend of the next call: "auto" or one of `backends.REGISTRY` (checked when
+        assigned)."""
+        return self.__dict__["_backend"]
+
+    @backend.setter
+    def backend(self, value):
+        check_backend_name(value)
+        self.__dict__["_backend"] = value
+
     def neuron_options(self):
         # SpikingJelly reads its attributes on every call, and so do these nodes: the options
-        # are validated again only when one of them changed (validation costs about as much as
-        # the rest of a small call's Python).
+        # are validated again only when one of them changed, compared by value (validation
+        # costs about as much as the rest of a small call's Python).
         sg = self.surrogate_function
-        key = (self._option_values(), type(sg), getattr(sg, "spiking", None),
-               tuple(getattr(sg, k, None) for k in getattr(sg, "_sg_param_names", ())))
+        key = (tuple(_by_value(v) for v in self._option_values()), surrogate_key(sg))
         cached = self.__dict__.get("_options_cache")
         if cached is None or cached[0] != key or torch.compiler.is_compiling():
             name, alpha, beta = surrogate_spec(sg)
@@ -84,6 +89,18 @@ class _SpikingJellyFused(FusedStepping):
             if not torch.compiler.is_compiling():
                 self.__dict__["_options_cache"] = cached
         return cached[1]
+
+    def multi_step_forward(self, x_seq, *args, **kwargs):
+        if x_seq.shape[0] == 0 and self._stores_seqs():
+            # No step: SpikingJelly's recording loop would stack an empty list; one (empty)
+            # launch, and empty sequences.
+            states = self.materialize_states((x_seq,), tuple(self._memories.values()), "m")
+            (spikes,), states = self.multi_step_functional_forward((x_seq,), states)
+            for name, value in zip(self._memories, states):
+                self._memories[name] = value
+            self._set_empty_seqs(x_seq)
+            return spikes
+        return super().multi_step_forward(x_seq, *args, **kwargs)
 
     def detach(self):
         # SpikingJelly detaches its states in place; a state of ours may be a view of the
@@ -96,8 +113,9 @@ class _SpikingJellyFused(FusedStepping):
 
 class ComplementaryLIFNode(_SpikingJellyFused, _sj_neuron.ComplementaryLIFNode):
     """SpikingJelly 2.0's `ComplementaryLIFNode` (soft reset, no input decay; tau, v_threshold,
-    surrogate_function), with the fused kernels stepping it. `backend`: "auto", "torch",
-    "triton", "cuda" or "cpp" (clif_kernels.clif's)."""
+    surrogate_function), with the fused kernels stepping it. `backend`: that of clif_kernels.clif
+    ("auto" or a name of `backends.REGISTRY`). `surrogate_in_eval`: keep the surrogate gradient in
+    eval mode (SpikingJelly's fires a plain Heaviside there, which passes none)."""
 
     _is_clif = True
 
@@ -106,10 +124,26 @@ class ComplementaryLIFNode(_SpikingJellyFused, _sj_neuron.ComplementaryLIFNode):
                  surrogate_function=_CLIF_DEFAULTS["surrogate_function"],
                  step_mode: str = _CLIF_DEFAULTS["step_mode"],
                  store_state_seqs: bool = _CLIF_DEFAULTS["store_state_seqs"], *,
-                 backend: str = "auto"):
+                 backend: str = "auto", surrogate_in_eval: bool = False):
+        check_backend_name(backend)
+        if not isinstance(surrogate_in_eval, bool):
+            raise TypeError(f"surrogate_in_eval must be a bool, got "
+                            f"{type(surrogate_in_eval).__name__}")
         super().__init__(tau, v_threshold, surrogate_function, step_mode, store_state_seqs)
-        self.backend = _check_backend(backend)
+        self.backend = backend
+        self.surrogate_in_eval = surrogate_in_eval
         self.neuron_options()  # an unsupported surrogate fails here, not on the first call
+
+    def spike_grad(self):
+        # SpikingJelly's CLIF fires with a plain Heaviside step in eval mode: no surrogate
+        # gradient (the potentials still pass theirs), unless surrogate_in_eval.
+        return self.training or self.surrogate_in_eval
+
+    def _stores_seqs(self):
+        return self.store_state_seqs
+
+    def _set_empty_seqs(self, x_seq):
+        self.state_seqs = [x_seq.new_empty(x_seq.shape), x_seq.new_empty(x_seq.shape)]
 
     # SpikingJelly's CLIF reads tau, v_threshold and its surrogate only: its v_reset and
     # detach_reset attributes (None, False) are not used.
@@ -117,8 +151,8 @@ class ComplementaryLIFNode(_SpikingJellyFused, _sj_neuron.ComplementaryLIFNode):
         return self.tau, self.v_threshold
 
     def _make_options(self, surrogate, alpha, beta):
-        return make_options(self.tau, self.v_threshold, None, False, surrogate, alpha, False,
-                            beta)
+        return make_options(tau=self.tau, v_threshold=self.v_threshold, surrogate=surrogate,
+                            alpha=alpha, beta=beta)
 
     def materialize_states(self, inputs, states, step_mode):
         shape, dtype, device = self._shape_of_step(inputs, step_mode)
@@ -143,17 +177,25 @@ class LIFNode(_SpikingJellyFused, _sj_neuron.LIFNode):
                  detach_reset: bool = _LIF_DEFAULTS["detach_reset"],
                  step_mode: str = _LIF_DEFAULTS["step_mode"],
                  store_v_seq: bool = _LIF_DEFAULTS["store_v_seq"], *, backend: str = "auto"):
+        check_backend_name(backend)
         super().__init__(tau, decay_input, v_threshold, v_reset, surrogate_function,
                          detach_reset, step_mode, store_v_seq)
-        self.backend = _check_backend(backend)
+        self.backend = backend
         self.neuron_options()
+
+    def _stores_seqs(self):
+        return self.store_v_seq
+
+    def _set_empty_seqs(self, x_seq):
+        self.v_seq = x_seq.new_empty(x_seq.shape)
 
     def _option_values(self):
         return self.tau, self.v_threshold, self.v_reset, self.decay_input, self.detach_reset
 
     def _make_options(self, surrogate, alpha, beta):
-        return make_options(self.tau, self.v_threshold, self.v_reset, self.decay_input,
-                            surrogate, alpha, self.detach_reset, beta)
+        return make_options(tau=self.tau, v_threshold=self.v_threshold, v_reset=self.v_reset,
+                            decay_input=self.decay_input, surrogate=surrogate, alpha=alpha,
+                            beta=beta, detach_reset=self.detach_reset)
 
     def materialize_states(self, inputs, states, step_mode):
         shape, dtype, device = self._shape_of_step(inputs, step_mode)

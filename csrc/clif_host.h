@@ -77,18 +77,31 @@ inline void check_x(const Tensor& x, c10::DeviceType device) {
   TORCH_CHECK(x.is_contiguous(), "x must be contiguous");
 }
 
-// The ops' scalar arguments, in schema order (clif_ops.cpp; ops.FusedOptions in Python).
+// The ops' scalar options, X(C++ type, name), in the order of their schema. The schema itself is
+// declared once, in Python (clif_kernels/options.py, OP_ARGS): this list is its C++ consumer,
+// which the dispatcher checks against it (types and order) when the library loads, and a test
+// checks the names. Adding an option: one line here, then its use.
+#define CLIF_OP_OPTIONS(X)          \
+  X(double, tau)                    \
+  X(double, v_threshold)            \
+  X(c10::optional<double>, v_reset) \
+  X(bool, decay_input)              \
+  X(int64_t, surrogate)             \
+  X(double, alpha)                  \
+  X(double, beta)                   \
+  X(bool, detach_reset)             \
+  X(bool, is_clif)
+
 struct OpOptions {
-  double tau;
-  double v_threshold;
-  c10::optional<double> v_reset;
-  bool decay_input;
-  int64_t surrogate;
-  double alpha;
-  double beta;
-  bool detach_reset;
-  bool is_clif;
+#define CLIF_OPTION_MEMBER(type, name) type name;
+  CLIF_OP_OPTIONS(CLIF_OPTION_MEMBER)
+#undef CLIF_OPTION_MEMBER
 };
+
+// The options as parameters of the ops' entry points (", type name" each), and as the
+// initialiser of an OpOptions from those parameters ("name," each).
+#define CLIF_OPTION_PARAM(type, name) , type name
+#define CLIF_OPTION_INIT(type, name) name,
 
 inline void check_options(const OpOptions& o) {
   TORCH_CHECK(std::isfinite(o.tau) && o.tau > 0, "tau must be finite and > 0, got ", o.tau);
@@ -223,7 +236,7 @@ GroupData<acc_t> bwd_io(const BwdResult& out, const Tensor& x, const OptTensor& 
 
 // ---------------------------------------------------------------------------------------------
 // The ops' entry points, one per op for every device. Their parameter lists are the schemas'
-// (clif_ops.cpp), which the dispatcher checks when a device registers them. Each device defines
+// (declared in Python: clif_kernels/ops.py), which the dispatcher checks against these. Each device defines
 // the three functions below and registers fwd_op<D> and bwd_op<D>.
 
 // Where the device's outputs come from: the CPU's output cache, or torch's allocator (null).
@@ -239,12 +252,9 @@ void run_bwd(const BwdResult& out, const Tensor& x, const OptTensor& v0, const O
              const OpOptions& o);
 
 template <c10::DeviceType D>
-FwdResult fwd_op(const Tensor& x, const OptTensor& v0, const OptTensor& m0, double tau,
-                 double v_threshold, c10::optional<double> v_reset, bool decay_input,
-                 int64_t surrogate, double alpha, double beta, bool detach_reset, bool is_clif,
-                 bool save) {
-  const OpOptions o{tau,   v_threshold, v_reset,      decay_input, surrogate,
-                    alpha, beta,        detach_reset, is_clif};
+FwdResult fwd_op(const Tensor& x, const OptTensor& v0,
+                 const OptTensor& m0 CLIF_OP_OPTIONS(CLIF_OPTION_PARAM), bool save) {
+  const OpOptions o{CLIF_OP_OPTIONS(CLIF_OPTION_INIT)};
   FwdResult out = prepare_fwd(x, v0, m0, o, save, D, output_allocator<D>());
   run_fwd<D>(out, x, v0, m0, o);
   return out;
@@ -252,12 +262,9 @@ FwdResult fwd_op(const Tensor& x, const OptTensor& v0, const OptTensor& m0, doub
 
 template <c10::DeviceType D>
 BwdResult bwd_op(const Tensor& x, const OptTensor& v0, const OptTensor& m0, const Tensor& ckpt,
-                 const OptTensor& gs, const OptTensor& gvT, const OptTensor& gmT, double tau,
-                 double v_threshold, c10::optional<double> v_reset, bool decay_input,
-                 int64_t surrogate, double alpha, double beta, bool detach_reset,
-                 bool is_clif) {
-  const OpOptions o{tau,   v_threshold, v_reset,      decay_input, surrogate,
-                    alpha, beta,        detach_reset, is_clif};
+                 const OptTensor& gs, const OptTensor& gvT,
+                 const OptTensor& gmT CLIF_OP_OPTIONS(CLIF_OPTION_PARAM)) {
+  const OpOptions o{CLIF_OP_OPTIONS(CLIF_OPTION_INIT)};
   BwdResult out = prepare_bwd(x, v0, m0, ckpt, gs, gvT, gmT, o, D, output_allocator<D>());
   run_bwd<D>(out, x, v0, m0, ckpt, gs, gvT, gmT, o);
   return out;

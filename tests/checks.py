@@ -11,8 +11,18 @@ from clif_kernels import backends
 from clif_kernels.tools.verify import QUANTITIES, RTOL, measure
 
 HAS_GPU = torch.cuda.is_available()
-# The device each fused backend's tests run on (Triton: the interpreter without a GPU).
-DEVICE = {"triton": "cuda" if HAS_GPU else "cpu", "cpp": "cpu", "cuda": "cuda"}
+
+
+def _test_device(b):
+    """A GPU where the backend runs on one and there is one, else the CPU where it runs there
+    (Triton: its interpreter), else its own device (where it then skips)."""
+    if "cuda" in b.devices and (HAS_GPU or "cpu" not in b.devices):
+        return "cuda"
+    return "cpu"
+
+
+# The device each fused backend's tests run on.
+DEVICE = {name: _test_device(b) for name, b in backends.REGISTRY.items() if b.fused}
 FUSED = tuple(DEVICE)
 
 

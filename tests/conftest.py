@@ -15,9 +15,15 @@ sys.path.insert(0, os.path.dirname(__file__))
 import pytest  # noqa: E402
 
 
-@pytest.fixture(params=["triton", "cpp", "cuda"])
+def _fused_backends():
+    from clif_kernels.backends import REGISTRY
+    return [name for name, b in REGISTRY.items() if b.fused]
+
+
+@pytest.fixture(params=_fused_backends())
 def backend(request):
-    """Each fused backend, skipped with the reason where it cannot run."""
+    """Each fused backend of `backends.REGISTRY`, skipped with the reason where it cannot
+    run."""
     from checks import unavailable
     why = unavailable(request.param)
     if why is not None:

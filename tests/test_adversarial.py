@@ -75,7 +75,7 @@ def test_strided_states(backend, kind, is_clif):
     else:
         assert not (v0.is_contiguous() or m0.is_contiguous())
     x = torch.randn(9, *shape, device=DEVICE[backend]) * 1.5 + 0.3
-    _assert_same(_run(backend, is_clif, x, v0, m0), _run("torch", is_clif, x, v0, m0))
+    _assert_same(_run(backend, is_clif, x, v0, m0), _run("reference", is_clif, x, v0, m0))
 
 
 # -- infinities, NaN, overflowing h ---------------------------------------------------------
@@ -111,7 +111,7 @@ def _nonfinite_case(backend, name, value, opts, is_clif):
         h = neuron_reference(x.cpu(), o, clif=is_clif, v0=v0.cpu(), return_h=True)[-1]
         skip = torch.isnan(h).any(0)
         assert skip.sum() < len(skip) // 10
-    _assert_same(_run(backend, is_clif, x, v0, **opts), _run("torch", is_clif, x, v0, **opts),
+    _assert_same(_run(backend, is_clif, x, v0, **opts), _run("reference", is_clif, x, v0, **opts),
                  skip=skip)
 
 
@@ -138,7 +138,7 @@ def test_non_finite_float64_cpp():
         pytest.skip(unavailable("cpp", torch.float64))
     x = _bad_input(float("inf"), "cpu").double()
     x[5, 7] = -float("inf")
-    _assert_same(_run("cpp", True, x), _run("torch", True, x), rtol=1e-12, atol=1e-12)
+    _assert_same(_run("cpp", True, x), _run("reference", True, x), rtol=1e-12, atol=1e-12)
 
 
 # -- double backward ------------------------------------------------------------------------
@@ -149,7 +149,7 @@ def test_double_backward_matches_reference(backend, is_clif):
     x0 = (torch.randn(10, 40, generator=g) * 0.8 + 0.6).to(DEVICE[backend])
     v00 = torch.randn(40, generator=g).to(DEVICE[backend])
     results = []
-    for name in (backend, "torch"):
+    for name in (backend, "reference"):
         x, v0 = x0.clone().requires_grad_(), v00.clone().requires_grad_()
         out = _fn(is_clif)(x, v0=v0, surrogate="sigmoid", backend=name, return_state=True)
         gx, gv = torch.autograd.grad(out[0].sum() + (out[1] ** 2).sum(), (x, v0),
@@ -268,9 +268,9 @@ def test_cpu_cache_limit_validates_its_argument():
     assert extension.set_cpu_cache_limit(old) == 64
 
 
-@pytest.mark.parametrize("name", ["torch", "cpp", "triton"])
+@pytest.mark.parametrize("name", ["reference", "cpp", "triton"])
 def test_zero_steps_returns_new_state_tensors(name):
-    if name != "torch" and unavailable(name) is not None:
+    if name != "reference" and unavailable(name) is not None:
         pytest.skip(unavailable(name))
     v0, m0 = torch.randn(5), torch.randn(5)
     _, vT, mT = clif_kernels.clif(torch.empty(0, 5), v0=v0, m0=m0, return_state=True,
@@ -321,3 +321,90 @@ def test_real_scalars_are_accepted(tau):
 def test_non_real_scalars_are_refused(tau):
     with pytest.raises(TypeError, match="tau"):
         clif_kernels.clif(torch.randn(3, 4), tau=tau)
+
+
+# -- parameters out of the compute dtype's range ----------------------------------------------
+
+# Finite in float64, but a constant of the kernels' float32 arithmetic is not a normal float32:
+# (keyword arguments, the argument the error names).
+OUT_OF_FLOAT32 = [
+    (dict(v_reset=1e39), "v_reset"),
+    (dict(v_threshold=-1e39), "v_threshold"),
+    (dict(tau=1e-39), "tau"),
+    (dict(tau=1e38), "tau"),                               # 1/tau is subnormal
+    (dict(v_reset=1e-3, tau=1e36), "v_reset"),             # v_reset/tau is subnormal
+    (dict(surrogate="rectangle", alpha=1e39), "alpha"),
+    (dict(surrogate="soft_sign", alpha=1e-39), "alpha"),
+    (dict(surrogate="triangle", alpha=1e-39), "alpha"),
+    (dict(surrogate="triangle", alpha=1e-20), "alpha"),    # alpha^2 is subnormal
+    (dict(surrogate="piecewise_leaky_relu", beta=1e-40), "beta"),
+]
+
+
+@pytest.mark.parametrize("name", ["reference", "cpp", "triton"])
+@pytest.mark.parametrize("kw,arg", OUT_OF_FLOAT32, ids=[str(k) for k, _ in OUT_OF_FLOAT32])
+@pytest.mark.parametrize("is_clif", [True, False])
+def test_parameters_out_of_float32_range_are_refused(name, kw, arg, is_clif):
+    """Every backend refuses them for fp32/fp16/bf16 inputs, naming the argument and its
+    limits (before, cpp and Triton returned NaN or a gradient of 0 where the reference raised or
+    returned another value)."""
+    if name != "reference" and unavailable(name) is not None:
+        pytest.skip(unavailable(name))
+    with pytest.raises(ValueError, match=rf"{arg}=.* out of range .*float32.*{arg} must be "
+                                         r".*between [0-9.e+-]+ and [0-9.e+-]+"):
+        _fn(is_clif)(torch.randn(4, 8), backend=name, return_state=True, **kw)
+
+
+@pytest.mark.parametrize("kw,arg", OUT_OF_FLOAT32[:5] + OUT_OF_FLOAT32[6:8],
+                         ids=[str(k) for k, _ in OUT_OF_FLOAT32[:5] + OUT_OF_FLOAT32[6:8]])
+def test_float64_runs_what_float32_cannot(kw, arg):
+    """The fp64 paths compute in float64, where these are in range: cpp equals the reference."""
+    if unavailable("cpp", torch.float64) is not None:
+        pytest.skip(unavailable("cpp", torch.float64))
+    x = torch.randn(6, 16, dtype=torch.float64) * 2
+    _assert_same(_run("cpp", True, x, **kw), _run("reference", True, x, **kw), rtol=1e-12,
+                 atol=1e-12)
+
+
+@pytest.mark.parametrize("kw,arg", [(dict(v_reset=1e300, tau=1e-300), "v_reset"),
+                                    (dict(surrogate="triangle", alpha=1e-160), "alpha"),
+                                    (dict(tau=1e-310), "tau")])
+def test_parameters_out_of_float64_range_are_refused(kw, arg):
+    with pytest.raises(ValueError, match=rf"{arg}=.* out of range .*float64"):
+        clif_kernels.clif(torch.randn(4, 8, dtype=torch.float64), **kw)
+
+
+def test_range_limits_are_those_of_the_constants():
+    """The limits sit where a constant leaves the normal float32 range: 0.5/alpha for the
+    rectangle (alpha <= 2^125), alpha^2 for the triangle (alpha >= 2^-63), 1/tau (tau <= 2^126)
+    and tau itself (tau >= 2^-126)."""
+    def err(**kw):
+        return make_options(**kw).float32_error
+
+    below = lambda v: float(np.nextafter(v, 0.0))  # noqa: E731
+    above = lambda v: float(np.nextafter(v, np.inf))  # noqa: E731
+    assert err(surrogate="rectangle", alpha=2.0 ** 125) is None
+    assert "alpha" in err(surrogate="rectangle", alpha=above(2.0 ** 125))
+    assert err(surrogate="triangle", alpha=2.0 ** -63) is None
+    assert "alpha" in err(surrogate="triangle", alpha=below(2.0 ** -63))
+    assert err(tau=2.0 ** 126) is None and "tau" in err(tau=above(2.0 ** 126))
+    assert err(tau=2.0 ** -126) is None and "tau" in err(tau=below(2.0 ** -126))
+    assert err(v_threshold=0.0, v_reset=0.0, beta=0.0, surrogate="piecewise_leaky_relu") is None
+
+
+@pytest.mark.parametrize("name", ["reference", "cpp", "triton"])
+@pytest.mark.parametrize("is_clif", [True, False])
+def test_zero_steps_backpropagate(name, is_clif):
+    """T = 0: a loss over the (empty) spikes backpropagates on every backend, to a zero-size
+    gradient of x and a zero gradient of v0 (the reference's spikes used to have no graph)."""
+    if name != "reference" and unavailable(name) is not None:
+        pytest.skip(unavailable(name))
+    x = torch.empty(0, 3, 5, requires_grad=True)
+    v0 = torch.randn(3, 5, requires_grad=True)
+    spikes = _fn(is_clif)(x, v0=v0, backend=name)
+    spikes.sum().backward()
+    assert x.grad is not None and x.grad.shape == x.shape
+    assert v0.grad is None or torch.equal(v0.grad, torch.zeros_like(v0))
+    x2 = torch.empty(0, 4, requires_grad=True)
+    _fn(is_clif)(x2, backend=name).sum().backward()
+    assert x2.grad.shape == x2.shape

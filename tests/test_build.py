@@ -31,7 +31,7 @@ def test_forced_cuda_build_fails_with_the_reason(torch_cuda, nvcc):
 def test_skip_reason_reaches_the_backend_message(monkeypatch):
     monkeypatch.setattr(extension, "build_info",
                         lambda: {"cuda_built": False, "cuda_why": "nvcc was not found"})
-    assert "the build skipped it: nvcc was not found" in extension.why_not("cuda")
+    assert "the build skipped it: nvcc was not found" in extension.load_failure("cuda")
 
 
 def test_report_names_both_extensions():

@@ -60,7 +60,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("backend", [b for b in ("torch", "cpp") if
+@pytest.mark.parametrize("backend", [b for b in ("reference", "cpp") if
                                      backends.unavailable_reason(b, torch.device("cpu"),
                                                                  torch.float32) is None])
 def test_ddp_matches_single_process(backend, tmp_path):

@@ -11,7 +11,8 @@ import torch
 
 from checks import DEVICE, compare, golden_cases, unavailable
 from clif_kernels import backends, ops
-from clif_kernels.ops import FusedOptions
+from clif_kernels.ops import fused_options
+from clif_kernels.options import make_options
 from clif_kernels.options import CKPT_EVERY, n_checkpoints
 from clif_kernels.tools.verify import neuron_fn, random_problem, reference64, rel_err, run_with_grads
 
@@ -82,7 +83,7 @@ def test_window_edges(backend):
     for surrogate, params in (("rectangle", dict(alpha=0.5)),
                               ("piecewise_leaky_relu", dict(alpha=0.25, beta=0.03))):
         for fn, name in itertools.product((neuron_fn(True), neuron_fn(False)),
-                                          (backend, "torch")):
+                                          (backend, "reference")):
             x.grad = None
             fn(x, surrogate=surrogate, backend=name, **params).sum().backward()
             assert torch.equal(x.grad.cpu()[0], torch.tensor(expected[surrogate])), \
@@ -167,7 +168,7 @@ def test_non_contiguous_input(backend, view):
          "time_not_outermost": base.transpose(0, 1),          # [40, 6, 9]: needs a copy
          "strided": base[:, ::2]}[view]                       # [6, 20, 9], not dense
     assert not x.is_contiguous()
-    ref = neuron_fn(True)(x, backend="torch")
+    ref = neuron_fn(True)(x, backend="reference")
     out = neuron_fn(True)(x, backend=backend)
     assert out.shape == x.shape
     assert torch.equal(out, ref)
@@ -179,7 +180,7 @@ def test_non_finite_input_does_not_crash(backend, bad):
     x[2, 4] = bad
     x.requires_grad_()
     s, vT, mT = neuron_fn(True)(x, return_state=True, backend=backend)
-    ref_s = neuron_fn(True)(x.detach(), backend="torch")
+    ref_s = neuron_fn(True)(x.detach(), backend="reference")
     (s.sum() + vT.sum()).backward()
     # Neurons the bad value never touches are unaffected.
     keep = torch.ones(33, dtype=torch.bool, device=x.device)
@@ -240,7 +241,7 @@ def _bwd_op(backend):
 
 
 # tau, v_threshold, v_reset, decay_input, surrogate, alpha, beta, detach_reset, is_clif
-DEFAULTS = FusedOptions(2.0, 1.0, None, False, 0, 1.0, 0.0, False, True)
+DEFAULTS = fused_options(make_options(), True)
 
 
 def test_no_grad_saves_no_checkpoints(backend):
@@ -258,8 +259,12 @@ def _op_samples(device):
     v0, m0 = torch.randn(37, generator=g).to(device), torch.rand(37, generator=g).to(device)
     return [
         (x, None, None, *DEFAULTS, True),
-        (x, v0, m0, *FusedOptions(1.5, 0.7, -0.1, True, 1, 4.0, 0.0, True, True), True),
-        (x, v0, None, *FusedOptions(3.0, 1.0, 0.0, False, 4, 0.5, 0.01, False, False), True),
+        (x, v0, m0, *fused_options(make_options(tau=1.5, v_threshold=0.7, v_reset=-0.1,
+                                                decay_input=True, surrogate="sigmoid",
+                                                detach_reset=True), True), True),
+        (x, v0, None, *fused_options(make_options(tau=3.0, v_reset=0.0, alpha=0.5,
+                                                  surrogate="piecewise_leaky_relu"), False),
+         True),
     ]
 
 
@@ -318,7 +323,9 @@ def test_eager_function_matches_op_autograd(backend, is_clif):
     for via_function in (True, False):
         x, v0, m0 = (t.clone().requires_grad_() for t in (x0, v00, m00))
         args = (x, v0, m0 if is_clif else None,
-                *FusedOptions(1.7, 0.9, -0.1, True, 1, 3.0, 0.0, False, is_clif), True)
+                *fused_options(make_options(tau=1.7, v_threshold=0.9, v_reset=-0.1,
+                                            decay_input=True, surrogate="sigmoid", alpha=3.0),
+                               is_clif), True)
         saved = []
         with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t,
                                                       lambda t: t):
@@ -389,7 +396,7 @@ def test_channels_last_input_keeps_its_layout(backend, with_state):
     v0 = (torch.randn(2, 5, 6, 3, device=dev) * 0.5).permute(0, 3, 1, 2) if with_state else None
     s, vT, mT = neuron_fn(True)(x, v0=v0, return_state=True, backend=backend)
     assert s.stride() == x.stride() and vT.stride() == x[0].stride()
-    ref_s, ref_v, _ = neuron_fn(True)(x.detach(), v0=v0, return_state=True, backend="torch")
+    ref_s, ref_v, _ = neuron_fn(True)(x.detach(), v0=v0, return_state=True, backend="reference")
     assert torch.equal(s, ref_s)
     torch.testing.assert_close(vT, ref_v, rtol=1e-5, atol=1e-6)
     (s * torch.arange(s.numel(), device=dev).view(s.shape).sin()).sum().backward()
@@ -433,7 +440,7 @@ def test_cpu_output_cache():
     try:
         extension.empty_cpu_cache()
         s = neuron_fn(True)(x, backend="cpp")
-        ptr, expected = s.data_ptr(), neuron_fn(True)(x, backend="torch")
+        ptr, expected = s.data_ptr(), neuron_fn(True)(x, backend="reference")
         del s
         assert extension.cpu_cache_bytes() >= x.numel() * 4
         s = neuron_fn(True)(x, backend="cpp")

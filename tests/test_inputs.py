@@ -77,6 +77,33 @@ def test_named_backend_never_falls_back(monkeypatch):
 def test_auto_picks_a_backend_that_runs_on_cpu():
     from clif_kernels import backends
     name = backends.resolve_backend("auto", torch.device("cpu"), torch.float32)
-    assert name in ("cpp", "torch")
+    assert name in ("cpp", "reference")
     x = torch.randn(5, 7)
     assert torch.equal(clif_kernels.clif(x), clif_kernels.clif(x, backend=name))
+
+
+def test_backend_names_come_from_the_registry():
+    """The names `backend=` takes, the message listing them, and auto's order are those of
+    backends.REGISTRY; "torch" is an alias of the reference."""
+    from clif_kernels import backends
+    assert clif_kernels.BACKENDS == ("auto",) + tuple(backends.REGISTRY)
+    assert "reference" in backends.REGISTRY and "torch" not in backends.REGISTRY
+    x = torch.randn(5, 7, requires_grad=True)
+    assert torch.equal(clif_kernels.clif(x, backend="torch"),
+                       clif_kernels.clif(x, backend="reference"))
+    with pytest.raises(ValueError, match=r"backend must be one of \('auto', 'cuda', 'triton', "
+                                         r"'cpp', 'reference'\) \(or 'torch' for 'reference'\)"):
+        clif_kernels.clif(x, backend="cupy")
+    assert backends.auto_order("cpu") == ("cpp", "reference")
+    assert backends.auto_order("cuda") == ("cuda", "triton", "reference")
+    assert [n for n, b in backends.REGISTRY.items() if not b.fused] == ["reference"]
+
+
+@pytest.mark.parametrize("cls", [clif_kernels.CLIFNode, clif_kernels.LIFNode])
+def test_node_backend_is_checked_at_construction_and_assignment(cls):
+    with pytest.raises(ValueError, match="backend must be one of"):
+        cls(backend="cupy")
+    node = cls(backend="torch")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        node.backend = "gpu"
+    assert node.backend == "torch"

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from clif_kernels import backends, ops
-from clif_kernels.options import CKPT_EVERY, SURROGATES, n_checkpoints
+from clif_kernels.options import CKPT_EVERY, SURROGATES, make_options, n_checkpoints
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUNTIME = {"clif_kernels", "clif_kernels._version", "clif_kernels.backends", "clif_kernels.extension",
@@ -45,7 +45,7 @@ def test_surrogate_ids_agree():
     x = torch.zeros(2, 3)
 
     def options(sid):
-        return ops.FusedOptions(2.0, 1.0, None, False, sid, 1.0, 0.0, False, True)
+        return ops.fused_options(make_options(), True)._replace(surrogate=sid)
 
     last = len(SURROGATES) - 1
     ckpt = pair.fwd(x, None, None, *options(last), True)[3]
@@ -60,18 +60,49 @@ def _compiled_pair():
     return backends.REGISTRY["cpp"].op_pair()
 
 
-def test_python_and_cpp_schemas_agree():
+def test_cpp_implements_the_python_schema():
+    """The schemas are declared once, in Python; the C++ entry points take the options of
+    csrc/clif_host.h's CLIF_OP_OPTIONS, whose names and order must be the ops' (the dispatcher
+    checks the types and the order, not the names)."""
     pair = _compiled_pair()
     for op, schema in ((pair.fwd, ops.FWD_SCHEMA), (pair.bwd, ops.BWD_SCHEMA)):
         declared = str(op._schema)
         assert declared[declared.index("("):] == schema
+    with open(os.path.join(ROOT, "csrc", "clif_host.h")) as f:
+        text = f.read()
+    body = re.search(r"#define CLIF_OP_OPTIONS\(X\)(.*?)\n\n", text, re.S).group(1)
+    cpp = re.findall(r"X\(([\w:<>]+), (\w+)\)", body)
+    types = {"double": "float", "c10::optional<double>": "float?", "bool": "bool",
+             "int64_t": "int"}
+    assert [(types[t], n) for t, n in cpp] == [(schema, name) for name, schema, op in ops.OP_ARGS
+                                               if op == ("fwd", "bwd")]
+
+
+def test_dispatcher_refuses_a_cpp_signature_other_than_the_schema():
+    """What makes the Python schema the one definition: a C++ implementation whose parameter
+    list differs from it does not load (here the schema changed, as if an option had been
+    added in Python only)."""
+    _compiled_pair()
+    out = subprocess.run([sys.executable, "-c", """
+import torch
+from clif_kernels import extension, ops
+assert extension.load()["cpp"]  # the C++ implementations register first, as the backend does
+ops.FWD_SCHEMA = ops.FWD_SCHEMA.replace("bool save", "bool save, bool extra")
+try:
+    ops.define_schemas("clif_fused")
+except Exception as e:
+    print("refused:", type(e).__name__, str(e).splitlines()[0][:300])
+else:
+    print("defined")
+"""], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.stdout.startswith("refused:"), out.stdout + out.stderr
 
 
 def test_python_and_cpp_checkpoint_constants_agree():
     """csrc/clif_core.h's kCkptEvery and n_checkpoints against options.CKPT_EVERY and
     n_checkpoints: the checkpoint tensor the C++ forward allocates for each T."""
     pair = _compiled_pair()
-    opts = ops.FusedOptions(2.0, 1.0, None, False, 0, 1.0, 0.0, False, True)
+    opts = ops.fused_options(make_options(), True)
     for T in range(0, 5 * CKPT_EVERY + 2):
         ckpt = pair.fwd(torch.zeros(T, 3), None, None, *opts, True)[3]
         assert ckpt.shape == (n_checkpoints(T), 2, 3), T
@@ -83,8 +114,7 @@ def test_gradient_padding_follows_the_argument_list():
     """autograd returns one gradient per forward argument, counted from the definition."""
     pair = _compiled_pair()
     x = torch.randn(3, 4, requires_grad=True)
-    args = (x, None, None, *ops.FusedOptions(2.0, 1.0, None, False, 0, 1.0, 0.0, False, True),
-            True)
+    args = (x, None, None, *ops.fused_options(make_options(), True), True)
     out = ops.FusedNeuron.apply(pair, *args)
     grads = ops.FusedNeuron.backward(out[0].grad_fn, torch.ones(3, 4), None, None, None)
     assert len(grads) == 1 + len(args)
@@ -94,13 +124,13 @@ def test_gradient_padding_follows_the_argument_list():
 _NO_TRITON = "import sys; sys.modules['triton'] = None\n"
 
 
-def test_cpp_and_torch_backends_work_without_triton():
+def test_cpp_and_reference_backends_work_without_triton():
     _compiled_pair()
     out = _python(_NO_TRITON + """
 import sys, torch, clif_kernels
 from clif_kernels import backends
 x = torch.randn(9, 70, requires_grad=True)
-for name in ("cpp", "torch", "auto"):
+for name in ("cpp", "reference", "auto"):
     s, vT, mT = clif_kernels.clif(x, backend=name, return_state=True)
     (s.sum() + vT.sum() + mT.sum()).backward()
     print(name, float(s.sum()), float(x.grad.norm()))
@@ -111,8 +141,8 @@ print("loaded", any(m.startswith("triton") for m in sys.modules if sys.modules[m
     lines = out.splitlines()
     spikes = {line.split()[0]: float(line.split()[1]) for line in lines[:3]}
     norms = {line.split()[0]: float(line.split()[2]) for line in lines[:3]}
-    assert spikes["cpp"] == spikes["torch"] == spikes["auto"], out
-    assert norms["cpp"] == norms["auto"] == pytest.approx(norms["torch"], rel=1e-5), out
+    assert spikes["cpp"] == spikes["reference"] == spikes["auto"], out
+    assert norms["cpp"] == norms["auto"] == pytest.approx(norms["reference"], rel=1e-5), out
     assert "not installed" in lines[3], out
     assert lines[4] == "loaded False", out
 
@@ -126,3 +156,11 @@ def test_tests_without_triton_pass():
         "'-k', 'not triton and not compile']))")
     out = _python(code, TRITON_INTERPRET="1")
     assert " passed" in out and "failed" not in out, out
+
+
+def test_a_call_argument_default_reaches_the_schema(monkeypatch):
+    """A per-call argument declared with a default (options.CALL_ARGS' optional fourth entry)
+    carries it in the schema, so that calls may leave it out."""
+    monkeypatch.setattr(ops, "OP_DEFAULTS", {"save": False})
+    assert ops._schema_args("fwd").endswith("bool is_clif, bool save=False")
+    assert "save" not in ops._schema_args("bwd")

@@ -24,19 +24,19 @@ def _x(T=6, N=(3, 17)):
 
 @pytest.mark.parametrize("cls,fn", [(CLIFNode, clif_kernels.clif), (LIFNode, clif_kernels.lif)])
 def test_multi_step_equals_functional(cls, fn):
-    node = cls(step_mode="m", backend="torch")
+    node = cls(step_mode="m", backend="reference")
     x = _x()
     s = node(x)
     o = node.opts
     ref = fn(x, tau=o.tau, v_threshold=o.v_threshold, v_reset=o.v_reset,
              decay_input=o.decay_input, surrogate=o.surrogate, alpha=o.alpha,
-             return_state=True, backend="torch")
+             return_state=True, backend="reference")
     assert torch.equal(s, ref[0]) and torch.equal(node.v, ref[1])
     if cls is CLIFNode:
         assert torch.equal(node.m, ref[2])
 
 
-@pytest.mark.parametrize("backend", ["torch", "cpp"])
+@pytest.mark.parametrize("backend", ["reference", "cpp"])
 @pytest.mark.parametrize("cls", [CLIFNode, LIFNode])
 def test_single_steps_equal_one_sequence(backend, cls):
     """T single-step calls carry the state exactly as one multi-step call, gradients included
@@ -58,7 +58,7 @@ def test_single_steps_equal_one_sequence(backend, cls):
 
 
 def test_reset_and_detach():
-    node = CLIFNode(step_mode="m", backend="torch")
+    node = CLIFNode(step_mode="m", backend="reference")
     x = _x().requires_grad_()
     node(x)
     assert node.v.requires_grad and node.m.requires_grad
@@ -69,12 +69,12 @@ def test_reset_and_detach():
     assert not torch.equal(node.v, v_before)
     node.reset()
     assert node.v is None and node.m is None
-    fresh = CLIFNode(step_mode="m", backend="torch")
+    fresh = CLIFNode(step_mode="m", backend="reference")
     assert torch.equal(node(x.detach()), fresh(x.detach()))
 
 
 def test_state_restarts_when_batch_shape_changes():
-    node = CLIFNode(step_mode="m", backend="torch")
+    node = CLIFNode(step_mode="m", backend="reference")
     node(_x(N=(4, 5)))
     out = node(_x(N=(2, 5)))
     assert out.shape == (6, 2, 5) and node.v.shape == (2, 5)
@@ -188,9 +188,9 @@ class _Block(nn.Module):
 def _block_cases():
     """(backend, device) pairs that run here: torch/cpp/triton(interpreted) on the CPU, and
     torch/cuda/triton on the GPU when there is one."""
-    cases = [(b, "cpu") for b in ("torch", "cpp", "triton")]
+    cases = [(b, "cpu") for b in ("reference", "cpp", "triton")]
     if torch.cuda.is_available():
-        cases += [(b, "cuda") for b in ("torch", "cuda", "triton")]
+        cases += [(b, "cuda") for b in ("reference", "cuda", "triton")]
     return [pytest.param(b, d, id=f"{b}-{d}") for b, d in cases
             if backends.unavailable_reason(b, torch.device(d), torch.float32) is None]
 
@@ -254,7 +254,7 @@ def test_trains_under_autocast(backend, device, dtype):
     assert not torch.equal(blk.conv.weight, w0)
 
 
-@pytest.mark.parametrize("backend", ["torch", "cpp"])
+@pytest.mark.parametrize("backend", ["reference", "cpp"])
 @pytest.mark.parametrize("cls", [CLIFNode, LIFNode])
 def test_store_state_seqs(backend, cls):
     """store_state_seqs=True keeps v (and m) after every step, with gradients, and changes
@@ -282,3 +282,60 @@ def test_store_state_seqs(backend, cls):
     assert xt.grad is not None and torch.isfinite(xt.grad).all() and xt.grad.abs().sum() > 0
     traced.reset()
     assert traced.state_seqs is None
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpp"])
+@pytest.mark.parametrize("cls", [CLIFNode, LIFNode])
+def test_store_state_seqs_with_zero_steps(backend, cls):
+    """T = 0 with store_state_seqs: empty spikes and empty sequences (it used to fail in
+    torch.stack), the carried state unchanged."""
+    why = backends.unavailable_reason(backend, torch.device("cpu"), torch.float32)
+    if why:
+        pytest.skip(why)
+    node = cls(step_mode="m", backend=backend, store_state_seqs=True)
+    node(_x(T=3))
+    v = node.v.clone()
+    x = torch.empty(0, 3, 17, requires_grad=True)
+    spikes = node(x)
+    assert spikes.shape == x.shape
+    assert [q.shape for q in node.state_seqs] == [x.shape] * (2 if cls is CLIFNode else 1)
+    assert torch.equal(node.v, v)
+    spikes.sum().backward()
+    assert x.grad.shape == x.shape
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpp"])
+def test_clif_to_lif_keeps_the_training_mode(backend):
+    why = backends.unavailable_reason(backend, torch.device("cpu"), torch.float32)
+    if why:
+        pytest.skip(why)
+    net = nn.Sequential(nn.Linear(4, 4), CLIFNode(step_mode="m", backend=backend)).eval()
+    clif_to_lif(net, v_reset=-0.1)
+    assert isinstance(net[1], LIFNode) and not net[1].training
+    net.train()
+    assert clif_to_lif(CLIFNode(), v_reset=0.0).training
+
+
+@pytest.mark.skipif(sj_neuron is None, reason="SpikingJelly is not installed")
+@pytest.mark.parametrize("cls", [CLIFNode, LIFNode])
+def test_annealed_surrogate_object_is_read_by_value(cls):
+    """A surrogate object's tensor parameter changed in place between calls (an annealing
+    schedule) is followed: the gradient is that of a node built with the new value."""
+    alpha = torch.tensor(4.0)
+    sg = sj_surrogate.Sigmoid(alpha=alpha)
+    node = cls(step_mode="m", surrogate_function=sg, backend="reference")
+    x = _x()
+
+    def grad(n):
+        xg = x.clone().requires_grad_()
+        n(xg).sum().backward()
+        n.reset()
+        return xg.grad
+
+    g4 = grad(node)
+    for change in (lambda: sg.alpha.fill_(0.5), lambda: sg.alpha.mul_(3.0)):
+        change()
+        fresh = cls(step_mode="m", surrogate="sigmoid", alpha=float(sg.alpha), backend="reference")
+        g = grad(node)
+        assert torch.equal(g, grad(fresh)) and not torch.equal(g, g4)
+        assert node.opts.alpha == float(sg.alpha)

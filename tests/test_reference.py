@@ -97,7 +97,7 @@ def test_reference_matches_spec_formulas(is_clif, surrogate, v_reset, decay_inpu
     params = dict(tau=1.7, v_threshold=0.9, v_reset=v_reset, decay_input=decay_input,
                   surrogate=surrogate, detach_reset=detach_reset)
     x, v0, m0, grads = random_problem((7, 5, 3), torch.float64, with_state=True, is_clif=is_clif)
-    res = run_with_grads(neuron_fn(is_clif), x, v0, m0, grads, backend="torch", **params)
+    res = run_with_grads(neuron_fn(is_clif), x, v0, m0, grads, backend="reference", **params)
     n = lambda t: None if t is None else t.numpy()  # noqa: E731
     s, vT, mT, gx, gv0, gm0 = spec_forward_backward(
         x.numpy(), v0.numpy(), n(m0), grads["spikes"].numpy(), grads["vT"].numpy(),
@@ -151,7 +151,7 @@ def test_reference_gradcheck(monkeypatch, is_clif, surrogate, v_reset, decay_inp
     v0 = (torch.randn(6, dtype=torch.float64) * 0.3).requires_grad_()
     m0 = torch.rand(6, dtype=torch.float64, requires_grad=True)
     kw = dict(surrogate=surrogate, v_reset=v_reset, decay_input=decay_input, tau=1.8,
-              backend="torch", return_state=True)
+              backend="reference", return_state=True)
     if is_clif:
         f = lambda x, v0, m0: clif_kernels.clif(x, v0=v0, m0=m0, **kw)  # noqa: E731
         inputs = (x, v0, m0)
@@ -167,7 +167,7 @@ def test_reference_golden(case, arrays):
     grads = {"spikes": arrays["grad_spikes"], "vT": arrays["grad_vT"],
              "mT": arrays.get("grad_mT")}
     res = run_with_grads(neuron_fn(is_clif), arrays["x_seq"], arrays.get("v0"),
-                         arrays.get("m0"), grads, backend="torch", **case["params"])
+                         arrays.get("m0"), grads, backend="reference", **case["params"])
     assert torch.equal(res["spikes"], arrays["spikes"])
     pairs = [("vT", "vT"), ("mT", "mT"), ("grad_x", "grad_x_seq"), ("grad_v0", "grad_v0"),
              ("grad_m0", "grad_m0")]

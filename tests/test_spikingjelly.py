@@ -74,7 +74,7 @@ def _assert_same(ours, theirs):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=what)
 
 
-@pytest.mark.parametrize("backend", ["torch", "cpp", "triton"])
+@pytest.mark.parametrize("backend", ["reference", "cpp", "triton"])
 @pytest.mark.parametrize("kind", ["clif", "lif"])
 @pytest.mark.parametrize("sg,edge", SURROGATES, ids=[_sg_id(s) for s, _ in SURROGATES])
 def test_surrogates_match_spikingjelly(sg, edge, kind, backend):
@@ -302,3 +302,110 @@ def test_clif_to_lif_keeps_spikingjelly_neurons():
     assert (lif.tau, lif.v_reset, lif.decay_input, lif.step_mode) == (3.0, -0.2, False, "m")
     assert type(lif.surrogate_function) is S.Erf
     assert net(torch.randn(5, 2, 4)).shape == (5, 2, 4)
+
+
+@pytest.mark.parametrize("kind", ["clif", "lif"])
+@pytest.mark.parametrize("sg_cls,alpha0", [(S.Sigmoid, 4.0), (S.ATan, 2.0), (S.Rect, 1.0)])
+def test_annealed_tensor_alpha_follows_spikingjelly(kind, sg_cls, alpha0):
+    """An annealing schedule that changes a tensor alpha in place (`*=`, fill_) between
+    iterations gives SpikingJelly's gradients at every step (the options used to be cached on
+    the tensor object, which compares equal to itself after the change)."""
+    sj_cls, our_cls = KINDS[kind]
+    sg_theirs, sg_ours = sg_cls(alpha=torch.tensor(alpha0)), sg_cls(alpha=torch.tensor(alpha0))
+    theirs = sj_cls(step_mode="m", surrogate_function=sg_theirs)
+    ours = our_cls(step_mode="m", surrogate_function=sg_ours, backend="cpp")
+    x, _ = _inputs(kind, None, T=5, shape=(3, 7))
+    grad = torch.randn(x.shape)
+    seen = []
+    for step in range(4):
+        r_ours, r_theirs = _run(ours, x, grad), _run(theirs, x, grad)
+        _assert_same(r_ours, r_theirs)
+        seen.append(r_ours[3])
+        for sg in (sg_theirs, sg_ours):
+            sg.alpha *= 0.5 if step % 2 == 0 else 3.0
+            sj_functional.reset_net(theirs)
+            sj_functional.reset_net(ours)
+    for sg in (sg_theirs, sg_ours):
+        sg.alpha.fill_(alpha0 * 0.3)
+    _assert_same(_run(ours, x, grad), _run(theirs, x, grad))
+    assert not any(torch.equal(seen[0], g) for g in seen[1:]), "alpha changed nothing"
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpp"])
+def test_eval_mode_matches_spikingjelly(backend):
+    """In eval mode SpikingJelly's CLIF fires with a plain Heaviside step, which passes no
+    surrogate gradient (the potentials still pass theirs); so does the drop-in, unless
+    surrogate_in_eval=True, which keeps the surrogate as in training."""
+    _skip_unless(backend)
+    x, _ = _inputs("clif", None, T=6, shape=(3, 7))
+    grad = torch.randn(x.shape)
+
+    def _run(node, x, grad):  # the spikes have no graph in eval mode: the loss weighs v too
+        x = x.clone().requires_grad_()
+        spikes = node(x)
+        ((spikes * grad).sum() + (node.v * grad[0]).sum() + node.m.sum()).backward()
+        return spikes.detach(), node.v.detach(), node.m.detach(), x.grad
+    theirs = sj_neuron.ComplementaryLIFNode(step_mode="m").eval()
+    ours = cks.ComplementaryLIFNode(step_mode="m", backend=backend).eval()
+    kept = cks.ComplementaryLIFNode(step_mode="m", backend=backend, surrogate_in_eval=True).eval()
+    trained = cks.ComplementaryLIFNode(step_mode="m", backend=backend)
+    r_theirs, r_ours = _run(theirs, x, grad), _run(ours, x, grad)
+    _assert_same(r_ours, r_theirs)
+    r_kept, r_trained = _run(kept, x, grad), _run(trained, x, grad)
+    _assert_same(r_kept, r_trained)
+    assert not torch.allclose(r_ours[3], r_kept[3]), "the two modes gave one gradient"
+    assert r_ours[3].abs().sum() > 0, "the potentials pass a gradient"
+    for node in (theirs, ours):  # single-step mode too
+        node.step_mode = "s"
+        sj_functional.reset_net(node)
+    xs = [x_t.clone().requires_grad_() for x_t in x]
+    outs = []
+    for node in (theirs, ours):
+        out = torch.stack([node(x_t) for x_t in xs])
+        outs.append((out, torch.autograd.grad((out * grad).sum() + node.v.sum(), xs)))
+    assert torch.equal(outs[0][0], outs[1][0])
+    for a, b in zip(outs[0][1], outs[1][1]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():  # without a gradient, eval runs the fused kernels as in training
+        assert torch.equal(ours(x[0]), theirs(x[0]))
+    with pytest.raises(TypeError, match="surrogate_in_eval"):
+        cks.ComplementaryLIFNode(surrogate_in_eval=1)
+
+
+@pytest.mark.parametrize("kind", ["clif", "lif"])
+def test_backend_is_checked_on_assignment(kind):
+    node = KINDS[kind][1](step_mode="m", backend="cpp")
+    with pytest.raises(ValueError, match="backend must be one of.*'cupy'"):
+        node.backend = "cupy"
+    assert node.backend == "cpp"
+    node.backend = "auto"
+    assert node.backend == "auto"
+
+
+@pytest.mark.parametrize("kind", ["clif", "lif"])
+def test_state_sequences_with_zero_steps(kind):
+    """T = 0 with the state sequences recorded: empty spikes and sequences (SpikingJelly's
+    recording loop stacks an empty list and fails)."""
+    our_cls = KINDS[kind][1]
+    node = (our_cls(step_mode="m", store_state_seqs=True) if kind == "clif"
+            else our_cls(step_mode="m", store_v_seq=True))
+    x = torch.empty(0, 3, 7, requires_grad=True)
+    spikes = node(x)
+    assert spikes.shape == x.shape
+    seqs = node.state_seqs if kind == "clif" else [node.v_seq]
+    assert [q.shape for q in seqs] == [x.shape] * len(seqs)
+    spikes.sum().backward()
+    assert x.grad.shape == x.shape
+
+
+def test_clif_to_lif_keeps_state_seqs_and_eval_mode():
+    from clif_kernels.convert import clif_to_lif
+    net = nn.Sequential(nn.Linear(4, 4), cks.ComplementaryLIFNode(step_mode="m",
+                                                                  store_state_seqs=True))
+    lif = clif_to_lif(net.eval(), v_reset=-0.1)[1]
+    assert type(lif) is cks.LIFNode and lif.store_v_seq and not lif.training
+    net(torch.randn(3, 2, 4))
+    assert lif.v_seq.shape == (3, 2, 4)
+    sj = nn.Sequential(sj_neuron.ComplementaryLIFNode(step_mode="m", store_state_seqs=True))
+    lif = clif_to_lif(sj.eval(), v_reset=-0.1)[0]
+    assert lif.store_state_seqs and not lif.training

@@ -37,7 +37,7 @@ def extension_failures() -> list:
     for name, (kind, was_built) in built.items():
         if was_built and not loaded[kind] and name not in broken:
             out.append(f"{name}: built by setup.py but not found"
-                       + extension.why_not(kind).replace("; importing it failed", ""))
+                       + extension.load_failure(kind).replace("; importing it failed", ""))
     return out
 
 
