@@ -60,20 +60,28 @@ def _torch_build_ext():
     from torch.utils.cpp_extension import BuildExtension, CUDAExtension
 
     class BuildExt(BuildExtension.with_options(use_ninja=True)):
-        def run(self):
+        def finalize_options(self):
+            # Decided here, before setuptools prepares the list of extensions (an extension
+            # added later lacks what its finalize_options sets on each one).
             want = os.environ.get("CLIF_KERNELS_BUILD_CUDA")
-            build_cuda, why = cfg["cuda_decision"](want, torch.version.cuda,
-                                                   cfg["nvcc_version"](cuda_home))
+            self._cuda = cfg["cuda_decision"](want, torch.version.cuda,
+                                              cfg["nvcc_version"](cuda_home))
+            build_cuda, why = self._cuda
             if why is not None and want != "0":
                 warnings.warn(f"clif-kernels: not building the CUDA extension: {why}. "
                               + cfg["HOW_TO_BUILD_LATER"] + ".", stacklevel=1)
-            if build_cuda and not any(e.name == "clif_kernels._C_cuda" for e in self.extensions):
+            exts = self.distribution.ext_modules
+            if build_cuda and not any(e.name == "clif_kernels._C_cuda" for e in exts):
                 os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
-                self.extensions.append(CUDAExtension(
+                exts.append(CUDAExtension(
                     "clif_kernels._C_cuda", _src(cfg["CUDA_SOURCES"]),
                     include_dirs=[CSRC] + cfg["nvidia_include_dirs"](),
                     extra_compile_args={"cxx": ["-O3"], "nvcc": cfg["NVCC_FLAGS"]}))
+            super().finalize_options()
+
+        def run(self):
             super().run()
+            build_cuda, why = self._cuda
             self._write_build_info(cuda_built=build_cuda, cuda_why=why,
                                    torch_version=torch.__version__,
                                    torch_cuda=torch.version.cuda)

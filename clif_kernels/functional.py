@@ -100,13 +100,16 @@ def run(x_seq, is_clif, v0, m0, return_state, backend, opts, spike_grad=True):
 
         spikes, vT, mT, _ = _fused_call(
             pair, xp.reshape(T, N).contiguous(), flat(v0), flat(m0) if is_clif else None,
-            *fused_options(opts, is_clif), needs_grad)
+            *fused_options(opts, is_clif), needs_grad, return_state)
+        inv = [order.index(d) for d in range(len(order))]
+        spikes = spikes.view(x_seq.shape) if same else \
+            spikes.view(xp.shape).permute(0, *[d + 1 for d in inv])
+        if not return_state:  # the kernels stored no final state ([0] placeholders)
+            return spikes
         if same:
-            spikes, vT = spikes.view(x_seq.shape), vT.view(x_seq.shape[1:])
+            vT = vT.view(x_seq.shape[1:])
             mT = mT.view(x_seq.shape[1:]) if is_clif else None
         else:
-            inv = [order.index(d) for d in range(len(order))]
-            spikes = spikes.view(xp.shape).permute(0, *[d + 1 for d in inv])
             vT = vT.view(xp.shape[1:]).permute(inv)
             mT = mT.view(xp.shape[1:]).permute(inv) if is_clif else None
     if not return_state:

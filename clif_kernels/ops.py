@@ -77,10 +77,13 @@ def _ckpt_dtype(x):
 
 
 def _fwd_fake(x, v0, m0, *rest):
-    o, save = FusedOptions(*rest[:_N_OPT]), dict(zip(FWD_ARGS, rest[_N_OPT:]))["save"]
+    o = FusedOptions(*rest[:_N_OPT])
+    own = dict(OP_DEFAULTS, **dict(zip(FWD_ARGS, rest[_N_OPT:])))
     T, N = x.shape
-    return (torch.empty_like(x), x.new_empty((N,)), x.new_empty((N if o.is_clif else 0,)),
-            x.new_empty((n_checkpoints(T) if save else 0, 2, N), dtype=_ckpt_dtype(x)))
+    n_state = N if own["store_state"] else 0
+    return (torch.empty_like(x), x.new_empty((n_state,)),
+            x.new_empty((n_state if o.is_clif else 0,)),
+            x.new_empty((n_checkpoints(T) if own["save"] else 0, 2, N), dtype=_ckpt_dtype(x)))
 
 
 def _bwd_fake(x, v0, m0, ckpt, grad_spikes, grad_vT, grad_mT, *rest):
@@ -134,6 +137,12 @@ def _backward(ctx, bwd_op, grad_spikes, grad_vT, grad_mT):
     """Gradients of every fwd argument: (x, v0, m0) through `bwd_op`, None for the rest."""
     x, v0, m0, ckpt = ctx.saved_tensors
     o = ctx.options
+    # A state the forward did not store ([0]) gets no gradient (zeros of size 0 under AOT
+    # autograd).
+    if grad_vT is not None and grad_vT.numel() != x.shape[1]:
+        grad_vT = None
+    if grad_mT is not None and grad_mT.numel() != x.shape[1]:
+        grad_mT = None
     if torch.is_grad_enabled():  # the engine runs backward in grad mode only for create_graph
         gx, gv0, gm0 = _differentiable_backward(x, v0, m0, o, grad_spikes, grad_vT, grad_mT)
     else:

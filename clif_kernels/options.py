@@ -93,11 +93,15 @@ OPTION_FIELDS = tuple(f for f in fields(NeuronOptions) if "schema" in f.metadata
 DEFAULTS = {f.name: f.default for f in OPTION_FIELDS}
 # The fused ops' arguments after the options: (name, schema type, the ops that take it), and
 # optionally a default, which the schema carries (a call may then leave the argument out). Both
-# ops take `is_clif`; the forward's `save` stores the backward's checkpoints. A new argument is
+# ops take `is_clif`; the forward's `save` stores the backward's checkpoints, `store_state` the
+# final states. A new argument is
 # one line here (the forward's own ones last), then its consumers: the C++ entry points
 # (csrc/clif_host.h, fwd_op/bwd_op) and the Triton ones (triton_kernels.clif_fwd/clif_bwd).
 CALL_ARGS = (("is_clif", "bool", ("fwd", "bwd")),
-             ("save", "bool", ("fwd",)))
+             ("save", "bool", ("fwd",)),
+             # Whether the forward writes vT and mT: a call that returns no state asks for none,
+             # and the kernels skip those stores (then [0] tensors).
+             ("store_state", "bool", ("fwd",), True))
 # Every scalar argument of the fused ops, in order: (name, schema type, ops).
 OP_ARGS = (tuple((f.name, f.metadata["schema"], ("fwd", "bwd")) for f in OPTION_FIELDS)
            + tuple(a[:3] for a in CALL_ARGS))

@@ -408,15 +408,15 @@ def _check_dense(**tensors):
             raise ValueError(f"{name} must be contiguous")
 
 
-def clif_fwd(x, v0, m0, o, save):
+def clif_fwd(x, v0, m0, o, save, store_state=True):
     """Launch the forward on `x: [T, N]` with `o: ops.FusedOptions`. Returns `(spikes [T, N],
     vT [N], mT [N] or [0], ckpt [n_checkpoints(T), 2, N] fp32 or [0, 2, N])`."""
     _check_dense(x=x, v0=v0, m0=m0)
     is_clif = o.is_clif
     T, N = x.shape
     spikes = _empty(x.shape, x.dtype, x.device)
-    vT = _empty((N,), x.dtype, x.device)
-    mT = _empty((N if is_clif else 0,), x.dtype, x.device)
+    vT = _empty((N if store_state else 0,), x.dtype, x.device)
+    mT = _empty((N if is_clif and store_state else 0,), x.dtype, x.device)
     n_ck = n_checkpoints(T) if save else 0
     ckpt = _empty((n_ck, 2, N), torch.float32, x.device)
     if N == 0:
@@ -425,11 +425,12 @@ def clif_fwd(x, v0, m0, o, save):
     block = FWD_BLOCK if previous or x.element_size() == 4 else FWD_BLOCK_16BIT
     grid = (triton.cdiv(N, block),)
     clif_fwd_kernel[grid](
-        x, v0 if v0 is not None else x, m0 if m0 is not None else x, spikes, vT,
-        mT if is_clif else vT, ckpt if n_ck else x, T, N, *_scalars(o),
+        x, v0 if v0 is not None else x, m0 if m0 is not None else x,
+        spikes, vT if store_state else spikes, mT if is_clif and store_state else spikes,
+        ckpt if n_ck else x, T, N, *_scalars(o),
         HAS_V0=v0 is not None, HAS_M0=m0 is not None and is_clif,
         HARD_RESET=o.v_reset is not None, IS_CLIF=is_clif, SAVE_CKPT=n_ck > 0,
-        STORE_STATE=True, PREFETCH=not previous, K=CKPT_EVERY, BLOCK=block,
+        STORE_STATE=store_state, PREFETCH=not previous, K=CKPT_EVERY, BLOCK=block,
         num_warps=FWD_WARPS)
     return spikes, vT, mT, ckpt
 

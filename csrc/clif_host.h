@@ -143,15 +143,16 @@ Params<acc_t> make_params(const OpOptions& o) {
 // Checks the forward's inputs and allocates its outputs: spikes [T, N], vT [N], mT [N] (CLIF) or
 // [0] (LIF), and the fp32 checkpoints [n_checkpoints(T), 2, N] (or [0, 2, N] without `save`).
 inline FwdResult prepare_fwd(const Tensor& x, const OptTensor& v0, const OptTensor& m0,
-                             const OpOptions& o, bool save, c10::DeviceType device,
-                             c10::Allocator* host_cache) {
+                             const OpOptions& o, bool save, bool store_state,
+                             c10::DeviceType device, c10::Allocator* host_cache) {
   check_x(x, device);
   check_state("v0", v0, x);
   check_state("m0", m0, x);
   check_options(o);
   const int64_t T = x.size(0), N = x.size(1);
-  return {alloc(x.sizes(), x.options(), host_cache), alloc({N}, x.options(), host_cache),
-          alloc({o.is_clif ? N : 0}, x.options(), host_cache),
+  const int64_t n_state = store_state ? N : 0;  // [0]: nobody asked for the final states
+  return {alloc(x.sizes(), x.options(), host_cache), alloc({n_state}, x.options(), host_cache),
+          alloc({o.is_clif ? n_state : 0}, x.options(), host_cache),
           alloc({save ? n_checkpoints(T) : 0, 2, N}, x.options().dtype(ckpt_dtype(x)),
                 host_cache)};
 }
@@ -214,8 +215,9 @@ GroupData<acc_t> fwd_io(const FwdResult& out, const Tensor& x, const OptTensor& 
                         const OptTensor& m0, bool is_clif) {
   auto io = common_io<acc_t>(x, v0, m0, std::get<3>(out), is_clif);
   io.spikes = std::get<0>(out).data_ptr();
-  io.vT = std::get<1>(out).data_ptr();
-  io.mT = is_clif ? std::get<2>(out).data_ptr() : nullptr;
+  // Null when not stored: the kernels then skip those stores.
+  io.vT = std::get<1>(out).numel() ? std::get<1>(out).data_ptr() : nullptr;
+  io.mT = is_clif && std::get<2>(out).numel() ? std::get<2>(out).data_ptr() : nullptr;
   io.save = std::get<3>(out).numel() > 0;
   return io;
 }
@@ -253,9 +255,10 @@ void run_bwd(const BwdResult& out, const Tensor& x, const OptTensor& v0, const O
 
 template <c10::DeviceType D>
 FwdResult fwd_op(const Tensor& x, const OptTensor& v0,
-                 const OptTensor& m0 CLIF_OP_OPTIONS(CLIF_OPTION_PARAM), bool save) {
+                 const OptTensor& m0 CLIF_OP_OPTIONS(CLIF_OPTION_PARAM), bool save,
+                 bool store_state) {
   const OpOptions o{CLIF_OP_OPTIONS(CLIF_OPTION_INIT)};
-  FwdResult out = prepare_fwd(x, v0, m0, o, save, D, output_allocator<D>());
+  FwdResult out = prepare_fwd(x, v0, m0, o, save, store_state, D, output_allocator<D>());
   run_fwd<D>(out, x, v0, m0, o);
   return out;
 }
