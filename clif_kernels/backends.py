@@ -44,8 +44,9 @@ def has_triton() -> bool:
 class Backend:
     """One backend. `devices`/`dtypes`: what its kernels take (None: any device); `check_device`:
     for a device of `devices`, None when it can run there now, else a sentence saying why not;
-    `load()`: its op pair (`load` is None for the reference, which has no op); `auto_devices`: the device
-    types on which backend="auto" may pick it (None: any; `REGISTRY`'s order is auto's order)."""
+    `load()`: its op pair (`load` is None for the reference, which has no op); `auto_devices`:
+    the device types on which backend="auto" may pick it (None: any; `REGISTRY`'s order is
+    auto's order)."""
 
     name: str
     devices: Optional[Tuple[str, ...]]

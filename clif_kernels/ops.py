@@ -27,15 +27,14 @@ Autograd has two entrances with one formula (`_setup_context`, `_backward`):
 
 Nothing here imports Triton or loads the compiled extension: `backends` does that on first use.
 """
+from collections import namedtuple
 from typing import Callable, NamedTuple, Optional
 
 import torch
 from torch import Tensor
 
-from collections import namedtuple
-
-from .options import CALL_ARGS, DEFAULT_BETA, OP_ARGS, OP_DEFAULTS, OPTION_FIELDS, SURROGATES, \
-    make_options, n_checkpoints
+from .options import DEFAULT_BETA, OP_ARGS, OP_DEFAULTS, OPTION_FIELDS, SURROGATES, make_options, \
+    n_checkpoints
 from .reference import neuron_reference
 
 

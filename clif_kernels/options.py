@@ -153,8 +153,9 @@ def range_error(tau, v_threshold, v_reset, surrogate, alpha, beta, compute):
         if not lo <= mag <= hi:
             exprs = ", ".join(t[0] for t in terms)
             inputs = "float64" if compute == "float64" else "float16, bfloat16 and float32"
+            zero = "0 or " if zero_ok else ""
             return (f"{name}={value!r} is out of range for the kernels' {compute} arithmetic "
-                    f"(which {inputs} inputs use): {name} must be {'0 or ' if zero_ok else ''}of magnitude between "
+                    f"(which {inputs} inputs use): {name} must be {zero}of magnitude between "
                     f"{lo:.8g} and {hi:.8g}, so that {exprs} are normal {compute} numbers")
     return None
 

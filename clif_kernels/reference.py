@@ -1,8 +1,8 @@
 """Pure PyTorch reference of the CLIF and LIF neurons: an explicit loop over time.
 
 This is the implementation every fused backend is tested against, and the fallback backend
-("reference"). It follows `clif-spec.md` line by line; its backward is plain autograd through the loop,
-with the surrogate derivative supplied by `SpikeFn`.
+("reference"). It follows `clif-spec.md` line by line; its backward is plain autograd through the
+loop, with the surrogate derivative supplied by `SpikeFn`.
 
 Shapes: `x_seq: [T, *]`, `v0, m0: [*]`, spikes `[T, *]`, `vT, mT: [*]`.
 State is kept in float32 (float64 when the input is float64), whatever the storage dtype.
