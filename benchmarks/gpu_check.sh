@@ -126,7 +126,7 @@ if [ "$GPU" = 1 ]; then
   # The spiking ResNet-18's training step, every provider but torch.compile (its own step
   # below), T=8 first: time, peak memory, neuron share, largest batch in 40 GiB.
   step model 240 python3 -m clif_kernels bench-model --out "$RES" --time-budget 170 \
-    --providers cuda,triton,spikingjelly,spikingjelly+memopt,naive,lif,torch
+    --providers cuda,triton,spikingjelly,spikingjelly+memopt,naive,lif,reference
   step tune 90 python3 benchmarks/tune_gpu.py --out "$RES"
   step check 90 python3 -m clif_kernels check
   # torch.compile of the whole ResNet with the loop neuron, T=8, added to the model's CSV; the

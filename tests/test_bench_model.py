@@ -42,7 +42,7 @@ def _firing_rates(provider, device, dtype):
     when the neurons fire, and not everywhere."""
     rates = []
     x, y = bm.make_data(TINY["T"], TINY["batch"], device, 0, dtype)
-    model, _ = bm.build("torch", device, TINY["width"], 0, dtype,
+    model, _ = bm.build("reference", device, TINY["width"], 0, dtype,
                         make_neuron=bm.reference_factory(provider))
     for m in model.modules():
         if isinstance(m, Neuron):
@@ -79,7 +79,7 @@ def test_provider_computes_the_reference_loss_and_gradients(provider):
     rates = _firing_rates(provider, device, dtype)
     assert len(rates) == 17
     assert all(0.005 < r < 0.9 for r in rates), rates
-    ref_loss, ref_grads = bm.loss_and_grads("torch", device, dtype, **TINY,
+    ref_loss, ref_grads = bm.loss_and_grads("reference", device, dtype, **TINY,
                                             make_neuron=bm.reference_factory(provider))
     assert sum(g.abs().sum().item() for g in ref_grads.values()) > 0
     loss, grads = bm.loss_and_grads(provider, device, dtype, **TINY)
@@ -89,7 +89,7 @@ def test_provider_computes_the_reference_loss_and_gradients(provider):
 def test_a_different_neuron_is_told_apart():
     """The comparison fails when a provider does other work: LIF's loss and gradients against
     CLIF's reference."""
-    ref_loss, ref_grads = bm.loss_and_grads("torch", CPU, torch.float64, **TINY)
+    ref_loss, ref_grads = bm.loss_and_grads("reference", CPU, torch.float64, **TINY)
     loss, grads = bm.loss_and_grads("lif", CPU, torch.float64, **TINY)
     with pytest.raises(AssertionError):
         _assert_same("lif", loss, grads, ref_loss, ref_grads, torch.float64)
@@ -98,7 +98,7 @@ def test_a_different_neuron_is_told_apart():
 def test_compiled_model_computes_the_reference_loss_and_gradients():
     """torch.compile of the whole model with the loop neuron (inductor: slow to compile on the
     CPU; deselected by -k "not compile")."""
-    ref_loss, ref_grads = bm.loss_and_grads("torch", CPU, torch.float64, **TINY)
+    ref_loss, ref_grads = bm.loss_and_grads("reference", CPU, torch.float64, **TINY)
     loss, grads = bm.loss_and_grads("compiled", CPU, torch.float64, **TINY)
     _assert_same("compiled", loss, grads, ref_loss, ref_grads, torch.float64)
 
@@ -106,7 +106,7 @@ def test_compiled_model_computes_the_reference_loss_and_gradients():
 def test_benchmark_runs_and_writes_its_files(tmp_path):
     """The benchmark end to end at a tiny size, in this process, then one case in a fresh
     process (how it measures a CPU case's peak memory)."""
-    providers = ["naive", "torch", "cpp", "lif", "spikingjelly", "spikingjelly+memopt"]
+    providers = ["naive", "reference", "cpp", "lif", "spikingjelly", "spikingjelly+memopt"]
     runnable = [p for p in providers if bm.why_not(p, CPU) is None]
     argv = ["bench-model", "--model", "resnet18", "--providers", ",".join(providers), "--T", "2",
             "--batch", "2", "--width", "4", "--warmup", "1", "--steps", "1", "--dtypes",

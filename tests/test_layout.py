@@ -161,6 +161,8 @@ def test_tests_without_triton_pass():
 def test_a_call_argument_default_reaches_the_schema(monkeypatch):
     """A per-call argument declared with a default (options.CALL_ARGS' optional fourth entry)
     carries it in the schema, so that calls may leave it out."""
-    monkeypatch.setattr(ops, "OP_DEFAULTS", {"save": False})
-    assert ops._schema_args("fwd").endswith("bool is_clif, bool save=False")
+    assert ops._schema_args("fwd").endswith("bool save, bool store_state=True")
+    monkeypatch.setattr(ops, "OP_DEFAULTS", {"save": False, "store_state": True})
+    assert ops._schema_args("fwd").endswith(
+        "bool is_clif, bool save=False, bool store_state=True")
     assert "save" not in ops._schema_args("bwd")

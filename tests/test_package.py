@@ -15,6 +15,7 @@ PKG = "clif_kernels"
 # Benchmark scripts, plots and developer tools live in benchmarks/ and dev/ of a clone.
 INSTALLED = {
     "clif_kernels/__init__.py", "clif_kernels/__main__.py", "clif_kernels/_version.py",
+    "clif_kernels/authors.py",
     "clif_kernels/backends.py", "clif_kernels/build_config.py", "clif_kernels/cli.py",
     "clif_kernels/convert.py", "clif_kernels/extension.py", "clif_kernels/functional.py",
     "clif_kernels/modules.py", "clif_kernels/ops.py", "clif_kernels/options.py",
