@@ -42,6 +42,18 @@ def plot_csv(csv_path, png_path=None, T=8, mode="fwd+bwd"):
     return png_path
 
 
+def _color(provider):
+    """SpikingJelly's providers orange, this package's fused backends green (from the backend
+    registry; `lif` is the fused LIF), the loops and the reference grey."""
+    import os
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from clif_kernels.backends import REGISTRY
+    fused = {name for name, b in REGISTRY.items() if b.fused} | {"lif"}
+    if provider.startswith("spikingjelly"):
+        return "tab:orange"
+    return "tab:green" if provider in fused else "tab:gray"
+
+
 def plot_model_csv(csv_path, png_path=None):
     """The model benchmark's CSV (`clif-kernels bench-model`): one column of panels per (dtype, T),
     rows for the training step's time, its peak memory and, when measured, the largest batch;
@@ -66,9 +78,7 @@ def plot_model_csv(csv_path, png_path=None):
         for i, (key, label) in enumerate(metrics):
             ax = axes[i][j]
             pts = [(r["provider"], float(r[key])) for r in case if r.get(key)]
-            colors = ["tab:orange" if p.startswith("spikingjelly") else
-                      "tab:green" if p in ("triton", "cuda", "cpp", "lif") else "tab:gray"
-                      for p, _ in pts]
+            colors = [_color(p) for p, _ in pts]
             ax.barh([p for p, _ in pts], [v for _, v in pts], color=colors)
             ax.invert_yaxis()
             ax.set_xlabel(label)
