@@ -174,9 +174,13 @@ def _neuron_step_backward(b_h, b_mp, b_gs, b_gv, b_gm, gamma, c, inv_tau, th, v_
 
 @triton.jit
 def _segment_load(ptr, t, T, N, p_n, mask, HAS: tl.constexpr, BLOCK: tl.constexpr):
-    """Row t of a [T, N] tensor as fp32 (zeros past T or when absent)."""
+    """Row t of a [T, N] tensor as fp32 (zeros when absent). Past T (a last, partial segment)
+    it reads row T - 1 again, whose values the walk never uses: a load under the scalar
+    condition t < T became a branch of its own, and ptxas then issued each row's load right
+    before its use instead of all of them first."""
     if HAS:
-        b = tl.load(ptr + t.to(tl.int64) * N + p_n, mask=mask & (t < T), other=0.0)
+        row = tl.minimum(t, T - 1).to(tl.int64)
+        b = tl.load(ptr + row * N + p_n, mask=mask, other=0.0)
         b = b.to(tl.float32)
     else:
         b = tl.zeros([BLOCK], dtype=tl.float32)
