@@ -13,18 +13,9 @@ PKG = "clif_kernels"
 # What a wheel installs: the runtime, and the commands a user runs to check an installation and
 # measure the speed-up on their own machine (check, bench, bench-model) or see CLIF learn (demo).
 # Benchmark scripts, plots and developer tools live in benchmarks/ and dev/ of a clone.
-INSTALLED = {
-    "clif_kernels/__init__.py", "clif_kernels/__main__.py", "clif_kernels/_version.py",
-    "clif_kernels/authors.py",
-    "clif_kernels/backends.py", "clif_kernels/build_config.py", "clif_kernels/cli.py",
-    "clif_kernels/convert.py", "clif_kernels/extension.py", "clif_kernels/functional.py",
-    "clif_kernels/modules.py", "clif_kernels/ops.py", "clif_kernels/options.py",
-    "clif_kernels/reference.py", "clif_kernels/spikingjelly.py",
-    "clif_kernels/triton_kernels.py", "clif_kernels/tools/__init__.py",
-    "clif_kernels/tools/bench_model.py", "clif_kernels/tools/benchmark.py",
-    "clif_kernels/tools/check.py", "clif_kernels/tools/demo.py", "clif_kernels/tools/models.py",
-    "clif_kernels/tools/verify.py",
-}
+# One list, shared with .ci/package (which checks the built wheel against it).
+with open(os.path.join(ROOT, ".ci", "wheel_modules.txt")) as _f:
+    INSTALLED = {line.strip() for line in _f if line.strip() and not line.startswith("#")}
 
 
 def _pyproject():
