@@ -221,6 +221,11 @@ def _surrogate_name(name, value):
     return key
 
 
+# (name, check, default) of each option, as plain tuples: torch.compile traces make_options, and
+# torch 2.6's dynamo cannot index a field's metadata (a mappingproxy).
+_CHECKS = tuple((f.name, f.metadata["check"], f.default) for f in OPTION_FIELDS)
+
+
 def make_options(**keywords) -> NeuronOptions:
     """Check the spec's keyword arguments (those of NeuronOptions; the others take their
     defaults) and fill in the surrogate's default alpha (and beta, for the one surrogate that
@@ -228,8 +233,7 @@ def make_options(**keywords) -> NeuronOptions:
     unknown = set(keywords) - set(DEFAULTS)
     if unknown:
         raise TypeError(f"unknown options {sorted(unknown)}; the options are {list(DEFAULTS)}")
-    o = {f.name: f.metadata["check"](f.name, keywords.get(f.name, f.default))
-         for f in OPTION_FIELDS}
+    o = {name: check(name, keywords.get(name, default)) for name, check, default in _CHECKS}
     key = o["surrogate"]
     if o["alpha"] is None:
         o["alpha"] = DEFAULT_ALPHA[key]
