@@ -35,7 +35,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from clif_kernels import backends, clif  # noqa: E402
 from clif_kernels.ops import fused_options  # noqa: E402
-from clif_kernels.options import make_options, n_checkpoints  # noqa: E402
+from clif_kernels.options import make_options  # noqa: E402
+from tune_gpu import moved_bytes  # noqa: E402  (this folder: sys.path[0] for a script)
 
 VARIANTS = ("previous", "current")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -65,11 +66,11 @@ def timer(fn):
 
 
 def design_bytes(mode, T, N, elt):
-    """Bytes the design must move (the floor): forward x and spikes, backward x, grad_spikes and
-    grad_x, plus the fp32 checkpoints (written by the forward, read by the backward)."""
-    ck = 8 * n_checkpoints(T) * N
-    fwd, bwd = 2 * elt * T * N + ck, 3 * elt * T * N + ck
-    return {"fwd": fwd, "bwd": bwd, "fwd+bwd": fwd + bwd}[mode]
+    """Bytes the design must move (tune_gpu's floor per kernel), and their sum for a forward
+    plus a backward."""
+    if mode == "fwd+bwd":
+        return moved_bytes("fwd", T, N, elt) + moved_bytes("bwd", T, N, elt)
+    return moved_bytes(mode, T, N, elt)
 
 
 def set_variant(variant):

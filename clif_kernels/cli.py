@@ -11,6 +11,7 @@ is a usage error (exit status 2, one line naming the argument), found before any
 from __future__ import annotations
 
 import argparse
+import importlib
 import math
 import os
 import re
@@ -321,24 +322,17 @@ def main(argv=None) -> int:
         from .tools.check import run_check
         return run_check(args.steps, args.neurons, args.seed)
 
-    if args.command == "bench":
-        if args.model is not None:
+    if args.command in ("bench", "bench-model"):
+        if args.command == "bench" and args.model is not None:
             sub.error("argument --model: the model benchmark is its own command: "
                       f"{PROG} bench-model --model {args.model}")
         _check_out(sub, args.out)
         device = _resolve_device(sub, args.device)
-        from .tools.benchmark import PROVIDERS, run_command
+        tool = importlib.import_module(
+            ".tools.benchmark" if args.command == "bench" else ".tools.bench_model", __package__)
         if args.providers is not None:
-            _check_providers(sub, args.providers, PROVIDERS)
-        return run_command(args, device)
-
-    if args.command == "bench-model":
-        _check_out(sub, args.out)
-        device = _resolve_device(sub, args.device)
-        from .tools.bench_model import PROVIDERS, run_command
-        if args.providers is not None:
-            _check_providers(sub, args.providers, PROVIDERS)
-        return run_command(args, device)
+            _check_providers(sub, args.providers, tool.PROVIDERS)
+        return tool.run_command(args, device)
 
     if args.command == "demo":
         _check_out(sub, args.out)
