@@ -129,8 +129,8 @@ def _compiled_load():
     global _compiled_pair
     if _compiled_pair is None:
         extension.load()
-        ops.define_schemas("clif_fused")
-        _compiled_pair = ops.register("clif_fused")
+        ops.define_schemas("clif_fused", bwd_reference=True)
+        _compiled_pair = ops.register("clif_fused", python_autograd=False)
     return _compiled_pair
 
 

@@ -1,13 +1,11 @@
 """The public functional API: `clif` and `lif` over a whole sequence `[T, *]`."""
-import math
 from typing import Optional, Tuple, Union
 
 import torch
 
 from .backends import DTYPES, REGISTRY, resolve_backend
-from .ops import FusedNeuron, fused_options
 from .options import DEFAULTS as D
-from .options import make_options
+from .options import options_for
 from .reference import neuron_reference
 
 
@@ -28,10 +26,9 @@ def _check_state(name, state, x_seq):
 
 def _memory_order(x_seq):
     """The neuron dimensions of `x_seq` (numbered from 0 = x_seq's dim 1) from the outermost to
-    the innermost in memory; the identity when that order would not make a dense [T, N] view."""
+    the innermost in memory; the identity when that order would not make it dense (the op then
+    copies it)."""
     dims = list(range(x_seq.dim() - 1))
-    if x_seq.is_contiguous():  # the common case, decided in one call
-        return dims
     order = sorted(dims, key=lambda d: -x_seq.stride(d + 1))
     if order != dims and x_seq.permute(0, *[d + 1 for d in order]).is_contiguous():
         return order
@@ -42,16 +39,6 @@ def _needs_grad(x_seq, v0, m0):
     return torch.is_grad_enabled() and (
         x_seq.requires_grad or (v0 is not None and v0.requires_grad)
         or (m0 is not None and m0.requires_grad))
-
-
-def _fused_call(pair, *args):
-    """Runs a backend's forward op on (x, v0, m0, *options, save), with autograd: the op itself
-    under torch.compile (which traces it, its fake kernel and its registered autograd), and
-    `ops.FusedNeuron` around it in eager mode (the same formula without the custom op's Python
-    autograd layer)."""
-    if torch.compiler.is_compiling():
-        return pair.fwd(*args)
-    return FusedNeuron.apply(pair, *args)
 
 
 def run(x_seq, is_clif, v0, m0, return_state, backend, opts, spike_grad=True):
@@ -69,7 +56,9 @@ def run(x_seq, is_clif, v0, m0, return_state, backend, opts, spike_grad=True):
         raise TypeError(f"x_seq must be a floating tensor ({kinds}); got {x_seq.dtype}")
     if not isinstance(return_state, bool):
         raise TypeError(f"return_state must be a bool, got {type(return_state).__name__}")
-    if torch._C._are_functorch_transforms_active():
+    # Eager only: under torch.compile this would be traced into the graph as a call of its own,
+    # and dynamo handles torch.func itself.
+    if not torch.compiler.is_compiling() and torch._C._are_functorch_transforms_active():
         raise RuntimeError("clif_kernels does not support torch.func transforms (grad, vmap, "
                            "jacrev, ...): call it outside them and use torch.autograd.grad")
     _check_state("v0", v0, x_seq)
@@ -83,35 +72,34 @@ def run(x_seq, is_clif, v0, m0, return_state, backend, opts, spike_grad=True):
     elif pair is None:  # the reference
         spikes, vT, mT = neuron_reference(x_seq, opts, clif=is_clif, v0=v0, m0=m0)
     else:
-        # Work where the input lies: order the neuron dimensions as they sit in memory, so that a
-        # channels_last (or any dense, time-outermost) input is a [T, N] view, and the outputs
-        # and the input gradient come back with the input's strides, with no copy.
-        order = _memory_order(x_seq)
-        same = order == sorted(order)  # no permutation needed (a contiguous input)
-        xp = x_seq if same else x_seq.permute(0, *[d + 1 for d in order])
-        T, N = xp.shape[0], math.prod(xp.shape[1:])
-        needs_grad = _needs_grad(x_seq, v0, m0)
+        # Work where the input lies: the ops take any dense [T, *] (no view here, so no view
+        # node in the autograd graph); any other dense, time-outermost layout (channels_last)
+        # is permuted to its memory order, and the outputs and the input gradient come back
+        # with the input's strides, with no copy.
+        order = None if x_seq.is_contiguous() else _memory_order(x_seq)  # contiguous: 1 call
+        if order is not None and order == sorted(order):
+            order = None  # strided, not a permutation of dense: the .contiguous() below copies
+        xp = x_seq if order is None else x_seq.permute(0, *[d + 1 for d in order])
 
-        def flat(t):
-            # Dense rows, as the kernels address them (a state may be any strided view).
+        def dense(t):
+            # A state as the kernels address it (it may be any strided view).
             if t is None:
                 return None
-            return (t if same else t.permute(order)).reshape(N).contiguous()
+            return (t if order is None else t.permute(order)).contiguous()
 
-        spikes, vT, mT, _ = _fused_call(
-            pair, xp.reshape(T, N).contiguous(), flat(v0), flat(m0) if is_clif else None,
-            *fused_options(opts, is_clif), needs_grad, return_state)
-        inv = [order.index(d) for d in range(len(order))]
-        spikes = spikes.view(x_seq.shape) if same else \
-            spikes.view(xp.shape).permute(0, *[d + 1 for d in inv])
+        spikes, vT, mT, _ = pair.fwd(xp.contiguous(), dense(v0), dense(m0) if is_clif else None,
+                                     *opts.op_values(is_clif), _needs_grad(x_seq, v0, m0),
+                                     return_state)
+        if order is not None:
+            inv = [order.index(d) for d in range(len(order))]
+            spikes = spikes.permute(0, *[d + 1 for d in inv])
+            if return_state:
+                vT = vT.permute(inv)
+                mT = mT.permute(inv) if is_clif else None
         if not return_state:  # the kernels stored no final state ([0] placeholders)
             return spikes
-        if same:
-            vT = vT.view(x_seq.shape[1:])
-            mT = mT.view(x_seq.shape[1:]) if is_clif else None
-        else:
-            vT = vT.view(xp.shape[1:]).permute(inv)
-            mT = mT.view(xp.shape[1:]).permute(inv) if is_clif else None
+        if not is_clif:
+            mT = None
     if not return_state:
         return spikes
     return (spikes, vT, mT) if is_clif else (spikes, vT)
@@ -147,9 +135,8 @@ def clif(x_seq: torch.Tensor, *, tau: float = D["tau"], v_threshold: float = D["
         >>> x = torch.randn(8, 32, 128)
         >>> s, vT, mT = clif(x, return_state=True)
     """
-    opts = make_options(tau=tau, v_threshold=v_threshold, v_reset=v_reset,
-                        decay_input=decay_input, surrogate=surrogate, alpha=alpha, beta=beta,
-                        detach_reset=detach_reset)
+    opts = options_for((tau, v_threshold, v_reset, decay_input, surrogate, alpha, beta,
+                        detach_reset))
     return run(x_seq, True, v0, m0, return_state, backend, opts)
 
 
@@ -166,7 +153,6 @@ def lif(x_seq: torch.Tensor, *, tau: float = D["tau"], v_threshold: float = D["v
     Example:
         >>> s = lif(torch.randn(8, 1000), tau=2.0, v_reset=0.0)
     """
-    opts = make_options(tau=tau, v_threshold=v_threshold, v_reset=v_reset,
-                        decay_input=decay_input, surrogate=surrogate, alpha=alpha, beta=beta,
-                        detach_reset=detach_reset)
+    opts = options_for((tau, v_threshold, v_reset, decay_input, surrogate, alpha, beta,
+                        detach_reset))
     return run(x_seq, False, v0, None, return_state, backend, opts)

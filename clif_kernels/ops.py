@@ -1,11 +1,12 @@
 """The fused op pair every compiled backend implements, defined once: arguments, schemas, fake
 kernels and autograd.
 
-A backend is a pair of ops on the flattened problem `x: [T, N]`:
+A backend is a pair of ops on a dense `x: [T, *]`, T steps of N = prod(*) neurons:
 
-    fwd(x, v0, m0, <options>, save) -> (spikes [T, N], vT [N], mT [N] or [0], ckpt)
+    fwd(x, v0, m0, <options>, save, store_state)
+        -> (spikes [T, *], vT [*] or [0], mT [*] or [0], ckpt)
     bwd(x, v0, m0, ckpt, grad_spikes, grad_vT, grad_mT, <options>)
-        -> (grad_x [T, N], grad_v0 [N] or [0], grad_m0 [N] or [0])
+        -> (grad_x [T, *], grad_v0 [*] or [0], grad_m0 [*] or [0])
 
 `<options>` are the fields of `FusedOptions`, in its order: the options of
 `options.NeuronOptions` (the surrogate as its index), then `is_clif`; the forward's last
@@ -16,17 +17,18 @@ from `options.OP_ARGS`, for every backend: the Triton ops implement them in Pyth
 library (`clif_fused`) in csrc/clif_host.h, whose parameter lists the dispatcher checks
 against them.
 
-Autograd has two entrances with one formula (`_setup_context`, `_backward`):
-- `register_autograd` on the ops, which is what torch.compile traces;
-- `FusedNeuron`, an autograd.Function around the ops called below the autograd key, which eager
-  calls use. The custom op's own autograd layer runs Python on every call, grad or not, and at
-  small sizes cost more than the kernels (benchmarks/NOTES.md, "Fixed cost per call").
-  `torch.compile(fullgraph=True)` cannot trace `FusedNeuron` (its forward enters a private
-  dispatch guard that dynamo does not model), so the two stay; a test runs both and compares
-  outputs, gradients and saved tensors bit for bit.
+Each op library has one autograd entrance, which eager calls and `torch.compile` share: the
+C++ library's ops (`clif_fused`) carry their derivative in C++ (csrc/clif_autograd.cpp), the
+Triton ones (Python) register `_setup_context` and `_backward` here. The formula is the same:
+the fused backward for first-order gradients, and with create_graph a differentiable backward
+through the reference (`_differentiable_backward`; the C++ side calls it as the op
+`<namespace>::bwd_reference`). Why the C++ library's is in C++: a Python autograd layer costs a
+Python backward node and its argument handling on every call, more than the kernels of a small
+layer (benchmarks/NOTES.md, "Host cost per call").
 
 Nothing here imports Triton or loads the compiled extension: `backends` does that on first use.
 """
+import math
 from collections import namedtuple
 from typing import Callable, NamedTuple, Optional
 
@@ -47,9 +49,7 @@ _N_OPT = len(FusedOptions._fields)
 
 def fused_options(opts, is_clif: bool) -> FusedOptions:
     """The ops' arguments for validated `options.NeuronOptions`."""
-    values = {f.name: getattr(opts, f.name) for f in OPTION_FIELDS}
-    values["surrogate"] = opts.surrogate_id
-    return FusedOptions(**values, is_clif=is_clif)
+    return FusedOptions._make(opts.op_values(is_clif))
 
 
 def _schema_args(op):
@@ -63,6 +63,11 @@ FWD_SCHEMA = (f"(Tensor x, Tensor? v0, Tensor? m0, {_schema_args('fwd')}) "
 BWD_SCHEMA = (f"(Tensor x, Tensor? v0, Tensor? m0, Tensor ckpt, Tensor? grad_spikes, "
               f"Tensor? grad_vT, Tensor? grad_mT, {_schema_args('bwd')}) "
               "-> (Tensor, Tensor, Tensor)")
+# The differentiable backward (create_graph) as an op, for autograd written in C++: the
+# backward's arguments without the checkpoints; grad_v0/grad_m0 are [0] when not wanted.
+BWD_REFERENCE_SCHEMA = (f"(Tensor x, Tensor? v0, Tensor? m0, Tensor? grad_spikes, "
+                        f"Tensor? grad_vT, Tensor? grad_mT, {_schema_args('bwd')}) "
+                        "-> (Tensor, Tensor, Tensor)")
 assert all(ops in (("fwd", "bwd"), ("fwd",)) for _, _, ops in OP_ARGS)
 
 
@@ -78,18 +83,16 @@ def _ckpt_dtype(x):
 def _fwd_fake(x, v0, m0, *rest):
     o = FusedOptions(*rest[:_N_OPT])
     own = dict(OP_DEFAULTS, **dict(zip(FWD_ARGS, rest[_N_OPT:])))
-    T, N = x.shape
-    n_state = N if own["store_state"] else 0
-    return (torch.empty_like(x), x.new_empty((n_state,)),
-            x.new_empty((n_state if o.is_clif else 0,)),
-            x.new_empty((n_checkpoints(T) if own["save"] else 0, 2, N), dtype=_ckpt_dtype(x)))
+    state = x.shape[1:] if own["store_state"] else (0,)
+    return (torch.empty_like(x), x.new_empty(state), x.new_empty(state if o.is_clif else (0,)),
+            x.new_empty((n_checkpoints(x.shape[0]) if own["save"] else 0, 2,
+                         math.prod(x.shape[1:])), dtype=_ckpt_dtype(x)))
 
 
 def _bwd_fake(x, v0, m0, ckpt, grad_spikes, grad_vT, grad_mT, *rest):
     o = FusedOptions(*rest)
-    N = x.shape[1]
-    return (torch.empty_like(x), x.new_empty((N if v0 is not None else 0,)),
-            x.new_empty((N if (m0 is not None and o.is_clif) else 0,)))
+    return (torch.empty_like(x), x.new_empty(x.shape[1:] if v0 is not None else (0,)),
+            x.new_empty(x.shape[1:] if (m0 is not None and o.is_clif) else (0,)))
 
 
 def _setup_context(ctx, inputs, output):
@@ -124,7 +127,7 @@ def _differentiable_backward(x, v0, m0, o, grad_spikes, grad_vT, grad_mT):
                                      (mT, grad_mT if o.is_clif else None)) if g is not None]
     wrt = [t for t in (xr, v0r, m0r) if t is not None]
     if not pairs:
-        return tuple(torch.zeros_like(t) for t in (x, v0, m0) if t is not None) + (None,)
+        return tuple(None if t is None else torch.zeros_like(t) for t in (x, v0, m0))
     grads = torch.autograd.grad([p[0] for p in pairs], wrt, [p[1] for p in pairs],
                                 create_graph=True, allow_unused=True)
     grads = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, wrt)]
@@ -138,9 +141,9 @@ def _backward(ctx, bwd_op, grad_spikes, grad_vT, grad_mT):
     o = ctx.options
     # A state the forward did not store ([0]) gets no gradient (zeros of size 0 under AOT
     # autograd).
-    if grad_vT is not None and grad_vT.numel() != x.shape[1]:
+    if grad_vT is not None and grad_vT.shape != x.shape[1:]:
         grad_vT = None
-    if grad_mT is not None and grad_mT.numel() != x.shape[1]:
+    if grad_mT is not None and grad_mT.shape != x.shape[1:]:
         grad_mT = None
     if torch.is_grad_enabled():  # the engine runs backward in grad mode only for create_graph
         gx, gv0, gm0 = _differentiable_backward(x, v0, m0, o, grad_spikes, grad_vT, grad_mT)
@@ -156,41 +159,26 @@ def _contig(t: Optional[Tensor]) -> Optional[Tensor]:
     return None if t is None else t.contiguous()
 
 
-class FusedNeuron(torch.autograd.Function):
-    """Eager autograd around a backend's op pair (see the module docstring).
-
-        spikes, vT, mT, ckpt = FusedNeuron.apply(pair, x, v0, m0, *options, save)
-    """
-
-    # forward takes ctx (no separate setup_context): with a setup_context, Function.apply binds
-    # the arguments through inspect.signature on every call, which costs more than the op at
-    # small sizes.
-    @staticmethod
-    def forward(ctx, pair, *args):
-        with torch._C._AutoDispatchBelowAutograd():
-            output = pair.fwd(*args)
-        _setup_context(ctx, args, output)
-        ctx.bwd_op = pair.bwd
-        ctx.mark_non_differentiable(output[3])
-        return output
-
-    @staticmethod
-    def backward(ctx, grad_spikes, grad_vT, grad_mT, _grad_ckpt):
-        return (None,) + _backward(ctx, ctx.bwd_op, grad_spikes, grad_vT, grad_mT)
+def _bwd_reference(x, v0, m0, grad_spikes, grad_vT, grad_mT, *options):
+    """`<namespace>::bwd_reference`: `_differentiable_backward` with the op's conventions."""
+    grads = _differentiable_backward(x, v0, m0, FusedOptions(*options), grad_spikes, grad_vT,
+                                     grad_mT)
+    return tuple(x.new_empty((0,)) if g is None else g for g in grads)
 
 
-def register(namespace: str) -> OpPair:
-    """Fake kernels and autograd for `<namespace>::fwd/bwd` (defined here, or by a compiled
-    library: clif_ops.cpp); returns the op pair."""
+def register(namespace: str, python_autograd: bool) -> OpPair:
+    """Fake kernels for `<namespace>::fwd/bwd` (defined here, or by a compiled library:
+    clif_ops.cpp), and the autograd formula when `python_autograd` (the C++ library registers
+    its own); returns the op pair."""
     torch.library.register_fake(f"{namespace}::fwd")(_fwd_fake)
     torch.library.register_fake(f"{namespace}::bwd")(_bwd_fake)
     pair = OpPair(getattr(torch.ops, namespace).fwd.default,
                   getattr(torch.ops, namespace).bwd.default)
+    if python_autograd:
+        def backward(ctx, grad_spikes, grad_vT, grad_mT, _grad_ckpt):
+            return _backward(ctx, pair.bwd, grad_spikes, grad_vT, grad_mT)
 
-    def backward(ctx, grad_spikes, grad_vT, grad_mT, _grad_ckpt):
-        return _backward(ctx, pair.bwd, grad_spikes, grad_vT, grad_mT)
-
-    torch.library.register_autograd(pair.fwd, backward, setup_context=_setup_context)
+        torch.library.register_autograd(pair.fwd, backward, setup_context=_setup_context)
     return pair
 
 
@@ -198,13 +186,17 @@ _libraries = []  # the Python-defined libraries must stay alive
 _defined = set()
 
 
-def define_schemas(namespace: str):
-    """Declare `<namespace>::fwd/bwd` with the schemas above (once per namespace); returns the
-    library, on which Python implementations may be registered."""
+def define_schemas(namespace: str, bwd_reference: bool = False):
+    """Declare `<namespace>::fwd/bwd` with the schemas above (once per namespace), and with
+    `bwd_reference` the differentiable backward op that C++ autograd calls; returns the library,
+    on which Python implementations may be registered."""
     if namespace not in _defined:
         lib = torch.library.Library(namespace, "FRAGMENT")
         lib.define("fwd" + FWD_SCHEMA)
         lib.define("bwd" + BWD_SCHEMA)
+        if bwd_reference:
+            lib.define("bwd_reference" + BWD_REFERENCE_SCHEMA)
+            lib.impl("bwd_reference", _bwd_reference, "CompositeImplicitAutograd")
         _libraries.append(lib)
         _defined.add(namespace)
     return next(lib for lib in _libraries if lib.ns == namespace)
@@ -227,4 +219,4 @@ def define(namespace: str, fwd_impl: Callable, bwd_impl: Callable, devices) -> O
     for device in devices:
         lib.impl("fwd", fwd, device)
         lib.impl("bwd", bwd, device)
-    return register(namespace)
+    return register(namespace, python_autograd=True)

@@ -83,6 +83,18 @@ class NeuronOptions:
         """The membrane potential before step 0 when no `v0` is given."""
         return 0.0 if self.v_reset is None else self.v_reset
 
+    def op_values(self, is_clif: bool) -> tuple:
+        """The fused ops' option arguments in schema order (the fields, the surrogate as its
+        index, then `is_clif`), built once per instance: a call should not rebuild them."""
+        cached = getattr(self, "_op_values", None)
+        if cached is None:
+            base = tuple(self.surrogate_id if f.name == "surrogate" else getattr(self, f.name)
+                         for f in OPTION_FIELDS)
+            cached = (base + (False,), base + (True,))
+            if not torch.compiler.is_compiling():  # a side effect dynamo need not trace
+                object.__setattr__(self, "_op_values", cached)  # frozen; not a field
+        return cached[is_clif]
+
     def constants(self):
         """(gamma, c, b) of the charge h = gamma * v + c * x + b."""
         return charge_constants(self.tau, self.v_reset, self.decay_input)
@@ -224,6 +236,30 @@ def _surrogate_name(name, value):
 # (name, check, default) of each option, as plain tuples: torch.compile traces make_options, and
 # torch 2.6's dynamo cannot index a field's metadata (a mappingproxy).
 _CHECKS = tuple((f.name, f.metadata["check"], f.default) for f in OPTION_FIELDS)
+
+
+# Options already checked, by their keywords' values and types (so that True is not taken for
+# 1.0, which make_options treats differently): the public functions take keywords on every
+# call, and checking them again cost more than a small kernel. Bounded, as a training script
+# uses a handful of option sets.
+_CHECKED = {}
+_CHECKED_MAX = 256
+_PLAIN = (float, int, bool, str, type(None))
+
+
+def options_for(values: tuple) -> NeuronOptions:
+    """`make_options` of the keywords `values` (all of `DEFAULTS`, in its order), remembered when
+    every value is a plain float, int, bool, str or None."""
+    if torch.compiler.is_compiling():
+        return make_options(**dict(zip(DEFAULTS, values)))
+    types = tuple(map(type, values))
+    key = values + types
+    opts = _CHECKED.get(key) if all(t in _PLAIN for t in types) else None
+    if opts is None:
+        opts = make_options(**dict(zip(DEFAULTS, values)))
+        if len(_CHECKED) < _CHECKED_MAX and all(t in _PLAIN for t in types):
+            _CHECKED[key] = opts
+    return opts
 
 
 def make_options(**keywords) -> NeuronOptions:

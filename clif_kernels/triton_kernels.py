@@ -17,6 +17,7 @@ backward) stay selectable with CLIF_KERNELS_GPU_KERNELS=previous until a GPU has
 Naming: `*_kernel` is the Triton kernel, `clif_fwd`/`clif_bwd` the launchers, `b_` a block value,
 `p_` a block of pointers.
 """
+import math
 import os
 
 import torch
@@ -413,14 +414,15 @@ def _check_dense(**tensors):
 
 
 def clif_fwd(x, v0, m0, o, save, store_state=True):
-    """Launch the forward on `x: [T, N]` with `o: ops.FusedOptions`. Returns `(spikes [T, N],
-    vT [N], mT [N] or [0], ckpt [n_checkpoints(T), 2, N] fp32 or [0, 2, N])`."""
+    """Launch the forward on `x: [T, *]` (N = prod(*) neurons) with `o: ops.FusedOptions`.
+    Returns `(spikes [T, *], vT [*] or [0], mT [*] or [0], ckpt [n_checkpoints(T), 2, N] fp32 or
+    [0, 2, N])`."""
     _check_dense(x=x, v0=v0, m0=m0)
     is_clif = o.is_clif
-    T, N = x.shape
+    T, N = x.shape[0], math.prod(x.shape[1:])
     spikes = _empty(x.shape, x.dtype, x.device)
-    vT = _empty((N if store_state else 0,), x.dtype, x.device)
-    mT = _empty((N if is_clif and store_state else 0,), x.dtype, x.device)
+    vT = _empty(x.shape[1:] if store_state else (0,), x.dtype, x.device)
+    mT = _empty(x.shape[1:] if is_clif and store_state else (0,), x.dtype, x.device)
     n_ck = n_checkpoints(T) if save else 0
     ckpt = _empty((n_ck, 2, N), torch.float32, x.device)
     if N == 0:
@@ -440,16 +442,16 @@ def clif_fwd(x, v0, m0, o, save, store_state=True):
 
 
 def clif_bwd(x, v0, m0, ckpt, grad_spikes, grad_vT, grad_mT, o):
-    """Launch the backward. Gradients that are None count as zero. Returns `(grad_x [T, N],
-    grad_v0 [N] or [0], grad_m0 [N] or [0])`."""
+    """Launch the backward. Gradients that are None count as zero. Returns `(grad_x [T, *],
+    grad_v0 [*] or [0], grad_m0 [*] or [0])`."""
     _check_dense(x=x, v0=v0, m0=m0, ckpt=ckpt, grad_spikes=grad_spikes, grad_vT=grad_vT,
                  grad_mT=grad_mT)
     is_clif = o.is_clif
-    T, N = x.shape
+    T, N = x.shape[0], math.prod(x.shape[1:])
     gx = _empty(x.shape, x.dtype, x.device)
-    gv0 = _empty((N if v0 is not None else 0,), x.dtype, x.device)
+    gv0 = _empty(x.shape[1:] if v0 is not None else (0,), x.dtype, x.device)
     has_m0 = m0 is not None and is_clif
-    gm0 = _empty((N if has_m0 else 0,), x.dtype, x.device)
+    gm0 = _empty(x.shape[1:] if has_m0 else (0,), x.dtype, x.device)
     if N == 0:
         return gx, gv0, gm0
     grid = (triton.cdiv(N, BWD_BLOCK),)

@@ -6,6 +6,7 @@
 #include <ATen/ATen.h>
 #include <ATen/EmptyTensor.h>
 #include <c10/util/Optional.h>
+#include <c10/util/accumulate.h>
 
 #include <cstdlib>
 #include <limits>
@@ -60,10 +61,19 @@ inline at::ScalarType ckpt_dtype(const Tensor& x) {
   return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
 }
 
+// x is [T, *]: T steps of N = prod(*) neurons, dense; the states are [*].
+inline at::IntArrayRef state_shape(const Tensor& x) { return x.sizes().slice(1); }
+inline int64_t n_neurons(const Tensor& x) { return c10::multiply_integers(state_shape(x)); }
+// [0]: the shape of an output nobody asked for.
+inline at::IntArrayRef placeholder_shape() {
+  static const int64_t zero = 0;
+  return at::IntArrayRef(&zero, 1);
+}
+
 inline void check_state(const char* name, const OptTensor& t, const Tensor& x) {
   if (!t.has_value()) return;
-  TORCH_CHECK(t->dim() == 1 && t->size(0) == x.size(1), name, " must have shape [", x.size(1),
-              "], got ", t->sizes());
+  TORCH_CHECK(t->sizes() == state_shape(x), name, " must have shape ", state_shape(x),
+              ", got ", t->sizes());
   TORCH_CHECK(t->scalar_type() == x.scalar_type(), name, " must have dtype ", x.scalar_type(),
               ", got ", t->scalar_type());
   TORCH_CHECK(t->device() == x.device(), name, " must be on ", x.device(), ", got ",
@@ -72,7 +82,7 @@ inline void check_state(const char* name, const OptTensor& t, const Tensor& x) {
 }
 
 inline void check_x(const Tensor& x, c10::DeviceType device) {
-  TORCH_CHECK(x.dim() == 2, "x must be [T, N], got ", x.sizes());
+  TORCH_CHECK(x.dim() >= 1, "x must be [T, *], got a 0-dimensional tensor");
   TORCH_CHECK(x.device().type() == device, "x must be a ", device, " tensor, got ", x.device());
   TORCH_CHECK(x.is_contiguous(), "x must be contiguous");
 }
@@ -140,8 +150,9 @@ Params<acc_t> make_params(const OpOptions& o) {
   return p;
 }
 
-// Checks the forward's inputs and allocates its outputs: spikes [T, N], vT [N], mT [N] (CLIF) or
-// [0] (LIF), and the fp32 checkpoints [n_checkpoints(T), 2, N] (or [0, 2, N] without `save`).
+// Checks the forward's inputs and allocates its outputs: spikes [T, *], vT [*], mT [*] (CLIF) or
+// [0] (LIF), and the fp32 checkpoints [n_checkpoints(T), 2, N] (or [0, 2, N] without `save`);
+// vT and mT are [0] without `store_state`.
 inline FwdResult prepare_fwd(const Tensor& x, const OptTensor& v0, const OptTensor& m0,
                              const OpOptions& o, bool save, bool store_state,
                              c10::DeviceType device, c10::Allocator* host_cache) {
@@ -149,10 +160,12 @@ inline FwdResult prepare_fwd(const Tensor& x, const OptTensor& v0, const OptTens
   check_state("v0", v0, x);
   check_state("m0", m0, x);
   check_options(o);
-  const int64_t T = x.size(0), N = x.size(1);
-  const int64_t n_state = store_state ? N : 0;  // [0]: nobody asked for the final states
-  return {alloc(x.sizes(), x.options(), host_cache), alloc({n_state}, x.options(), host_cache),
-          alloc({o.is_clif ? n_state : 0}, x.options(), host_cache),
+  const int64_t T = x.size(0), N = n_neurons(x);
+  // [0]: nobody asked for the final states (or LIF's mT).
+  const at::IntArrayRef none = placeholder_shape();
+  return {alloc(x.sizes(), x.options(), host_cache),
+          alloc(store_state ? state_shape(x) : none, x.options(), host_cache),
+          alloc(store_state && o.is_clif ? state_shape(x) : none, x.options(), host_cache),
           alloc({save ? n_checkpoints(T) : 0, 2, N}, x.options().dtype(ckpt_dtype(x)),
                 host_cache)};
 }
@@ -167,7 +180,8 @@ inline void check_grad(const char* name, const OptTensor& g, at::IntArrayRef sha
   TORCH_CHECK(g->is_contiguous(), name, " must be contiguous");
 }
 
-// Checks the backward's inputs and allocates grad_x [T, N], grad_v0 [N] or [0], grad_m0 [N] or [0].
+// Checks the backward's inputs and allocates grad_x [T, *], grad_v0 [*] or [0], grad_m0 [*] or
+// [0].
 inline BwdResult prepare_bwd(const Tensor& x, const OptTensor& v0, const OptTensor& m0,
                              const Tensor& ckpt, const OptTensor& gs, const OptTensor& gvT,
                              const OptTensor& gmT, const OpOptions& o, c10::DeviceType device,
@@ -176,10 +190,10 @@ inline BwdResult prepare_bwd(const Tensor& x, const OptTensor& v0, const OptTens
   check_state("v0", v0, x);
   check_state("m0", m0, x);
   check_options(o);
-  const int64_t T = x.size(0), N = x.size(1);
+  const int64_t T = x.size(0), N = n_neurons(x);
   check_grad("grad_spikes", gs, x.sizes(), x);
-  check_grad("grad_vT", gvT, {N}, x);
-  check_grad("grad_mT", gmT, {N}, x);
+  check_grad("grad_vT", gvT, state_shape(x), x);
+  check_grad("grad_mT", gmT, state_shape(x), x);
   const int64_t n_ck = n_checkpoints(T);
   TORCH_CHECK(ckpt.scalar_type() == ckpt_dtype(x) && ckpt.is_contiguous() &&
                   ckpt.device() == x.device() &&
@@ -187,9 +201,10 @@ inline BwdResult prepare_bwd(const Tensor& x, const OptTensor& v0, const OptTens
               "ckpt must be the forward's contiguous ", ckpt_dtype(x), " [", n_ck, ", 2, ", N,
               "] checkpoints, got ", ckpt.sizes());
   const bool has_m0 = m0.has_value() && o.is_clif;
+  const at::IntArrayRef none = placeholder_shape();
   return {alloc(x.sizes(), x.options(), host_cache),
-          alloc({v0.has_value() ? N : 0}, x.options(), host_cache),
-          alloc({has_m0 ? N : 0}, x.options(), host_cache)};
+          alloc(v0.has_value() ? state_shape(x) : none, x.options(), host_cache),
+          alloc(has_m0 ? state_shape(x) : none, x.options(), host_cache)};
 }
 
 inline const void* opt_ptr(const OptTensor& t) {
@@ -206,7 +221,7 @@ GroupData<acc_t> common_io(const Tensor& x, const OptTensor& v0, const OptTensor
   io.m0 = is_clif ? opt_ptr(m0) : nullptr;
   io.ckpt = ckpt.numel() ? ckpt.data_ptr<acc_t>() : nullptr;
   io.T = x.size(0);
-  io.N = x.size(1);
+  io.N = n_neurons(x);
   return io;
 }
 

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from checks import DEVICE, compare, golden_cases, unavailable
-from clif_kernels import backends, ops
+import clif_kernels
+from clif_kernels import backends
 from clif_kernels.ops import fused_options
 from clif_kernels.options import make_options
 from clif_kernels.options import CKPT_EVERY, n_checkpoints
@@ -309,35 +310,28 @@ def test_compile_fullgraph(backend, is_clif):
     torch.testing.assert_close(vc.grad, ve.grad, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("is_clif", [True, False])
-def test_eager_function_matches_op_autograd(backend, is_clif):
-    """Eager calls go through ops.FusedNeuron (the ops below autograd); torch.compile traces the
-    ops with their registered autograd. Both must give the same outputs and gradients, bit for
-    bit, and save the same tensors."""
+def test_one_autograd_entrance(backend):
+    """The public functions call the op, whose own autograd is the only one: `clif`'s output has
+    the op's backward node, and the C++ library's is a C++ node (no Python on the way)."""
     pair = backends.REGISTRY[backend].op_pair()
-    dev = DEVICE[backend]
-    x0, v00, m00 = (torch.randn(11, 150, device=dev), torch.randn(150, device=dev),
-                    torch.randn(150, device=dev))
-    gs, gv = torch.randn(11, 150, device=dev), torch.randn(150, device=dev)
-    results = []
-    for via_function in (True, False):
-        x, v0, m0 = (t.clone().requires_grad_() for t in (x0, v00, m00))
-        args = (x, v0, m0 if is_clif else None,
-                *fused_options(make_options(tau=1.7, v_threshold=0.9, v_reset=-0.1,
-                                            decay_input=True, surrogate="sigmoid", alpha=3.0),
-                               is_clif), True)
-        saved = []
-        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t,
-                                                      lambda t: t):
-            out = ops.FusedNeuron.apply(pair, *args) if via_function else pair.fwd(*args)
-        loss = (out[0] * gs).sum() + (out[1] * gv).sum()
-        (loss + out[2].sum() if is_clif else loss).backward()
-        grads = [x.grad, v0.grad] + ([m0.grad] if is_clif else [])
-        results.append((out[:3], grads, sorted(t.shape for t in saved)))
-    (fo, fg, fs), (oo, og, os_) = results
-    for a, b in zip(fo + tuple(fg), oo + tuple(og)):
-        assert torch.equal(a, b)
-    assert fs == os_
+    x = torch.randn(4, 3, 5, device=DEVICE[backend], requires_grad=True)
+    direct = pair.fwd(x, None, None, *DEFAULTS, True, False)[0].grad_fn.name()
+    assert clif_kernels.clif(x, backend=backend).grad_fn.name() == direct
+    assert ("CppNode" in direct) == (backend == "cpp"), direct
+
+
+def test_backward_op_refuses_to_backpropagate():
+    """The C++ library's backward op has no derivative of its own (a double backward goes
+    through the reference): backpropagating through it directly is an error naming it."""
+    if backends.REGISTRY["cpp"].why_not(torch.device("cpu"), torch.float32):
+        pytest.skip(backends.REGISTRY["cpp"].why_not(torch.device("cpu"), torch.float32))
+    pair = backends.REGISTRY["cpp"].op_pair()
+    x = torch.randn(5, 7)
+    _, _, _, ckpt = pair.fwd(x, None, None, *DEFAULTS, True)
+    gs = torch.randn(5, 7, requires_grad=True)
+    gx = pair.bwd(x, None, None, ckpt, gs, None, None, *DEFAULTS)[0]
+    with pytest.raises(RuntimeError, match="clif_fused::bwd"):
+        gx.sum().backward()
 
 
 def _draw_away_from_jumps(opts, is_clif, v0, m0, margin):
