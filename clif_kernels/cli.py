@@ -186,7 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = _sub(sub, "bench", "time of the neuron alone, per provider, over a sweep of shapes",
              "Times the CLIF neuron alone: each provider (the per-step eager loop `naive`, its "
              "torch.compile `compiled`, SpikingJelly 2.0 when installed, and this package's "
-             "backends) in each mode and dtype over a sweep of (T, N). Writes a CSV and a "
+             "backends) in each mode and dtype over a sweep of (T, N), after the host cost "
+             "of one call on tiny inputs against torch.sigmoid's. Writes CSVs and a "
              "markdown summary with --out. Exits 1 when a case fails.")
     p.add_argument("--quick", action="store_true",
                    help="a small sweep (about a minute on 2 CPU cores)")
@@ -207,6 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tag", type=tag_value, default=None,
                    help="names the output files (default: gpu or cpu)")
     p.add_argument("--model", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--host-only", action="store_true",
+                   help="only the host cost per call (tiny inputs, against torch.sigmoid), "
+                        "which every run measures first (host_TAG.csv)")
 
     p = _sub(sub, "bench-model", "a spiking ResNet-18's training step, per provider",
              "Times the training step (forward, backward, SGD step) of a spiking ResNet-18 on "

@@ -10,8 +10,6 @@ from .reference import neuron_reference
 
 
 def _check_state(name, state, x_seq):
-    if state is None:
-        return
     if not isinstance(state, torch.Tensor):
         raise TypeError(f"{name} must be a tensor or None, got {type(state).__name__}")
     if state.shape != x_seq.shape[1:]:
@@ -33,6 +31,14 @@ def _memory_order(x_seq):
     if order != dims and x_seq.permute(0, *[d + 1 for d in order]).is_contiguous():
         return order
     return dims
+
+
+def _dense(state, order):
+    """A state as the kernels address it (it may be any strided view), its dimensions in
+    `order` (None: as they are)."""
+    if state is None:
+        return None
+    return (state if order is None else state.permute(order)).contiguous()
 
 
 def _needs_grad(x_seq, v0, m0):
@@ -61,8 +67,10 @@ def run(x_seq, is_clif, v0, m0, return_state, backend, opts, spike_grad=True):
     if not torch.compiler.is_compiling() and torch._C._are_functorch_transforms_active():
         raise RuntimeError("clif_kernels does not support torch.func transforms (grad, vmap, "
                            "jacrev, ...): call it outside them and use torch.autograd.grad")
-    _check_state("v0", v0, x_seq)
-    _check_state("m0", m0, x_seq)
+    if v0 is not None:
+        _check_state("v0", v0, x_seq)
+    if m0 is not None:
+        _check_state("m0", m0, x_seq)
     if opts.float32_error is not None and x_seq.dtype != torch.float64:
         raise ValueError(opts.float32_error)
     pair = REGISTRY[resolve_backend(backend, x_seq.device, x_seq.dtype)].op_pair()
@@ -81,13 +89,8 @@ def run(x_seq, is_clif, v0, m0, return_state, backend, opts, spike_grad=True):
             order = None  # strided, not a permutation of dense: the .contiguous() below copies
         xp = x_seq if order is None else x_seq.permute(0, *[d + 1 for d in order])
 
-        def dense(t):
-            # A state as the kernels address it (it may be any strided view).
-            if t is None:
-                return None
-            return (t if order is None else t.permute(order)).contiguous()
-
-        spikes, vT, mT, _ = pair.fwd(xp.contiguous(), dense(v0), dense(m0) if is_clif else None,
+        spikes, vT, mT, _ = pair.fwd(xp.contiguous(), _dense(v0, order),
+                                     _dense(m0, order) if is_clif else None,
                                      *opts.op_values(is_clif), _needs_grad(x_seq, v0, m0),
                                      return_state)
         if order is not None:

@@ -239,12 +239,18 @@ class _Node(FusedStepping, nn.Module):
             raise ValueError(f"step_mode must be 's' or 'm', got {value!r}")
         self._step_mode = value
 
+    def _set(self, **values):
+        # Plain attributes (never parameters, buffers or modules): nn.Module.__setattr__'s
+        # checks, on every call, cost more than the kernels of a small layer.
+        if torch.compiler.is_compiling():
+            for name, value in values.items():
+                setattr(self, name, value)
+        else:
+            self.__dict__.update(values)
+
     def reset(self):
         """Forget the carried state (the next call starts from the spec's initial state)."""
-        self.v = None
-        self.m = None
-        self.v_seq = None
-        self.m_seq = None
+        self._set(v=None, m=None, v_seq=None, m_seq=None)
 
     @property
     def state_seqs(self):
@@ -260,36 +266,42 @@ class _Node(FusedStepping, nn.Module):
         if self.m is not None:
             self.m = self.m.detach()
 
-    def _state_like(self, state, x):
+    def _state_like(self, state, x, shape):
         # A carried state from a batch of another shape (the last, smaller batch of an epoch)
         # cannot continue: start again, as SpikingJelly does after reset_net.
-        if state is None or state.shape != x.shape or state.device != x.device:
+        if state is None or state.shape != shape or state.device != x.device:
             return None
         return state.to(x.dtype)
 
-    def _carried(self, x_step):
-        v0 = self._state_like(self.v, x_step)
+    def _carried(self, x, shape):
+        """The carried states for a step of `shape`, of x's dtype and device."""
+        v0 = self._state_like(self.v, x, shape)
         if not self._is_clif:
             return (v0,)
-        return v0, (self._state_like(self.m, x_step) if v0 is not None else None)
+        return v0, (self._state_like(self.m, x, shape) if v0 is not None else None)
 
     def _keep(self, states):
-        self.v = states[0]
+        if torch.compiler.is_compiling():
+            self._set(v=states[0], m=states[1] if self._is_clif else None)
+            return
+        d = self.__dict__  # as _set, without its keyword dictionary: this runs on every call
+        d["v"] = states[0]
         if self._is_clif:
-            self.m = states[1]
+            d["m"] = states[1]
 
     def forward(self, x):
         if self.step_mode == "s":
-            (spikes,), states = self.single_step_functional_forward((x,), self._carried(x))
+            (spikes,), states = self.single_step_functional_forward((x,),
+                                                                    self._carried(x, x.shape))
             self._keep(states)
             return spikes
-        states = self._carried(x[0]) if x.shape[0] else self._carried(x.new_empty(x.shape[1:]))
+        states = self._carried(x, x.shape[1:])
         if not self.store_state_seqs or not x.shape[0]:
-            (spikes,), states = self.multi_step_functional_forward((x,), states)
+            (spikes,), states = self._fused(x, states)  # multi_step_functional_forward's body
             self._keep(states)
             if self.store_state_seqs:  # no step: empty sequences
-                self.v_seq = x.new_empty(x.shape)
-                self.m_seq = x.new_empty(x.shape) if self._is_clif else None
+                self._set(v_seq=x.new_empty(x.shape),
+                          m_seq=x.new_empty(x.shape) if self._is_clif else None)
             return spikes
         # The fused kernels keep no per-step state, so the sequence runs as T fused single steps
         # (the same values as one launch, as the tests check), each step's states kept with their
@@ -300,8 +312,8 @@ class _Node(FusedStepping, nn.Module):
             spikes.append(s)
             seqs.append(states)
         self._keep(states)
-        self.v_seq = torch.stack([st[0] for st in seqs])
-        self.m_seq = torch.stack([st[1] for st in seqs]) if self._is_clif else None
+        self._set(v_seq=torch.stack([st[0] for st in seqs]),
+                  m_seq=torch.stack([st[1] for st in seqs]) if self._is_clif else None)
         return torch.stack(spikes)
 
     def extra_repr(self):

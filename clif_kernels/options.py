@@ -244,7 +244,7 @@ _CHECKS = tuple((f.name, f.metadata["check"], f.default) for f in OPTION_FIELDS)
 # uses a handful of option sets.
 _CHECKED = {}
 _CHECKED_MAX = 256
-_PLAIN = (float, int, bool, str, type(None))
+_PLAIN = frozenset((float, int, bool, str, type(None)))
 
 
 def options_for(values: tuple) -> NeuronOptions:
@@ -253,11 +253,12 @@ def options_for(values: tuple) -> NeuronOptions:
     if torch.compiler.is_compiling():
         return make_options(**dict(zip(DEFAULTS, values)))
     types = tuple(map(type, values))
+    plain = _PLAIN.issuperset(types)
     key = values + types
-    opts = _CHECKED.get(key) if all(t in _PLAIN for t in types) else None
+    opts = _CHECKED.get(key) if plain else None
     if opts is None:
         opts = make_options(**dict(zip(DEFAULTS, values)))
-        if len(_CHECKED) < _CHECKED_MAX and all(t in _PLAIN for t in types):
+        if plain and len(_CHECKED) < _CHECKED_MAX:
             _CHECKED[key] = opts
     return opts
 

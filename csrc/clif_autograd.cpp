@@ -6,8 +6,9 @@
 // library's, in Python): the fused backward for first-order gradients; with create_graph, the
 // op `bwd_reference` (Python, CompositeImplicitAutograd: autograd through the reference).
 #include <ATen/core/dispatch/Dispatcher.h>
-#include <torch/autograd.h>
+#include <torch/csrc/autograd/function.h>
 #include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
+#include <torch/csrc/autograd/functions/utils.h>
 #include <torch/library.h>
 
 #include "clif_host.h"
@@ -15,7 +16,6 @@
 namespace clif {
 namespace {
 
-using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
 // The ops' signatures, from the option list (clif_host.h), so that they follow the schema.
@@ -48,37 +48,32 @@ const c10::TypedOperatorHandle<RefSig>& ref_handle() {
   return h;
 }
 
-OptTensor present(const Tensor& t) { return t.defined() ? OptTensor(t) : c10::nullopt; }
-
 }  // namespace
 
-// Outside the anonymous namespace: its name is the backward node's, which profiles show
-// ("torch::autograd::CppNode<clif::NeuronFunction>").
-struct NeuronFunction : public torch::autograd::Function<NeuronFunction> {
-  static variable_list forward(AutogradContext* ctx, const Tensor& x, const OptTensor& v0,
-                               const OptTensor& m0, const OpOptions& o, bool save,
-                               bool store_state) {
-    at::AutoDispatchBelowADInplaceOrView below;
-    FwdResult out = fwd_handle().call(x, v0, m0 CLIF_OP_OPTIONS(CLIF_OPTION_ARG), save,
-                                      store_state);
-    ctx->save_for_backward({x, v0.value_or(Tensor()), m0.value_or(Tensor()), std::get<3>(out)});
-#define CLIF_SAVE_OPTION(type, name) ctx->saved_data[#name] = o.name;
-    CLIF_OP_OPTIONS(CLIF_SAVE_OPTION)
-#undef CLIF_SAVE_OPTION
-    // Unused outputs (vT, mT) then arrive undefined and the kernel skips their loads.
-    ctx->set_materialize_grads(false);
-    ctx->mark_non_differentiable({std::get<3>(out)});
-    return {std::get<0>(out), std::get<1>(out), std::get<2>(out), std::get<3>(out)};
+// The forward's backward node, written as ATen's generated ones are (no
+// torch::autograd::Function): its generic node cost more than the kernels of a small layer on
+// every call (a dictionary of saved values, a type name demangled per backward, a mutex). Its
+// name is what profiles show.
+struct FusedNeuronBackward : public torch::autograd::Node {
+  torch::autograd::SavedVariable x_, v0_, m0_, ckpt_;
+  OpOptions o_{};
+  bool has_v0_ = false, has_m0_ = false;
+
+  std::string name() const override { return "FusedNeuronBackward"; }
+
+  void release_variables() override {
+    x_.reset_data();
+    v0_.reset_data();
+    m0_.reset_data();
+    ckpt_.reset_data();
   }
 
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const variable_list saved = ctx->get_saved_variables();
-    const Tensor& x = saved[0];
-    const OptTensor v0 = present(saved[1]), m0 = present(saved[2]);
-    OpOptions o;
-#define CLIF_LOAD_OPTION(type, name) o.name = ctx->saved_data.at(#name).to<type>();
-    CLIF_OP_OPTIONS(CLIF_LOAD_OPTION)
-#undef CLIF_LOAD_OPTION
+  // grads: one per output with history (spikes, vT, mT); returns one per next edge (x, v0, m0).
+  variable_list apply(variable_list&& grads) override {
+    const OpOptions& o = o_;
+    const Tensor x = x_.unpack();
+    const OptTensor v0 = has_v0_ ? OptTensor(v0_.unpack()) : c10::nullopt;
+    const OptTensor m0 = has_m0_ ? OptTensor(m0_.unpack()) : c10::nullopt;
     // A state the forward did not store ([0]) gets no gradient (zeros of size 0 under AOT
     // autograd); neither does LIF's empty mT. Symbolic sizes: torch.compile traces this.
     const c10::SymIntArrayRef state = x.sym_sizes().slice(1);
@@ -94,25 +89,60 @@ struct NeuronFunction : public torch::autograd::Function<NeuronFunction> {
       r = ref_handle().call(x, v0, m0, gs, gvT, gmT CLIF_OP_OPTIONS(CLIF_OPTION_ARG));
     } else {
       at::AutoDispatchBelowADInplaceOrView below;
-      r = bwd_handle().call(x, v0, m0, saved[3], gs, gvT, gmT CLIF_OP_OPTIONS(CLIF_OPTION_ARG));
+      r = bwd_handle().call(x, v0, m0, ckpt_.unpack(), gs, gvT,
+                            gmT CLIF_OP_OPTIONS(CLIF_OPTION_ARG));
     }
-    // One gradient per argument of forward: x, v0, m0, then the options, save, store_state.
-    variable_list out(6);
+    variable_list out(3);
     out[0] = std::get<0>(r);
-    if (v0.has_value()) out[1] = std::get<1>(r);
-    if (m0.has_value() && o.is_clif) out[2] = std::get<2>(r);
+    if (has_v0_) out[1] = std::get<1>(r);
+    if (has_m0_ && o.is_clif) out[2] = std::get<2>(r);
     return out;
   }
 };
 
 namespace {
 
+// torch before 2.10 holds autograd nodes in std::shared_ptr, later in c10::intrusive_ptr.
+using NodePtr = std::decay_t<decltype(std::declval<const at::TensorBase&>().grad_fn())>;
+template <typename N, typename P = NodePtr>
+auto make_node() {
+  if constexpr (std::is_same_v<P, std::shared_ptr<torch::autograd::Node>>) {
+    return std::shared_ptr<N>(new N());
+  } else {
+    return c10::make_intrusive<N>();
+  }
+}
+
 FwdResult fwd_autograd(const Tensor& x, const OptTensor& v0,
                        const OptTensor& m0 CLIF_OP_OPTIONS(CLIF_OPTION_PARAM), bool save,
                        bool store_state) {
   const OpOptions o{CLIF_OP_OPTIONS(CLIF_OPTION_INIT)};
-  variable_list out = NeuronFunction::apply(x, v0, m0, o, save, store_state);
-  return {out[0], out[1], out[2], out[3]};
+  const Tensor v0t = v0.value_or(Tensor()), m0t = m0.value_or(Tensor());
+  if (!torch::autograd::compute_requires_grad(x, v0t, m0t)) {
+    // No graph to record.
+    at::AutoDispatchBelowADInplaceOrView below;
+    return fwd_handle().call(x, v0, m0 CLIF_OP_OPTIONS(CLIF_OPTION_ARG), save, store_state);
+  }
+  auto grad_fn = make_node<FusedNeuronBackward>();
+  grad_fn->set_next_edges(torch::autograd::collect_next_edges(x, v0t, m0t));
+  FwdResult out;
+  {
+    at::AutoDispatchBelowADInplaceOrView below;
+    out = fwd_handle().call(x, v0, m0 CLIF_OP_OPTIONS(CLIF_OPTION_ARG), save, store_state);
+  }
+  // The outputs with a gradient, in the order of apply's grads; the checkpoints have none.
+  Tensor spikes = std::get<0>(out), vT = std::get<1>(out), mT = std::get<2>(out);
+  torch::autograd::set_history(spikes, grad_fn);
+  torch::autograd::set_history(vT, grad_fn);
+  torch::autograd::set_history(mT, grad_fn);
+  grad_fn->x_ = torch::autograd::SavedVariable(x, false);
+  grad_fn->v0_ = torch::autograd::SavedVariable(v0t, false);
+  grad_fn->m0_ = torch::autograd::SavedVariable(m0t, false);
+  grad_fn->ckpt_ = torch::autograd::SavedVariable(std::get<3>(out), false);
+  grad_fn->o_ = o;
+  grad_fn->has_v0_ = v0.has_value();
+  grad_fn->has_m0_ = m0.has_value();
+  return {spikes, vT, mT, std::get<3>(out)};
 }
 
 }  // namespace

@@ -184,7 +184,7 @@ def test_neuron_attribution_of_the_profiled_step(provider):
     events = list(bm.profile_step(model, runner, opt, x, y, False, CPU))
     label = bm.neuron_labeller(events)
     evals = [e for e in events if e.name.startswith(bm._EVAL)]
-    node = {"naive": "SpikeFnBackward", "cpp": "CppNode<clif::NeuronFunction>",
+    node = {"naive": "SpikeFnBackward", "cpp": "FusedNeuronBackward",
             "spikingjelly+memopt": "rectBackward"}[provider]
     spike_nodes = [e for e in evals if e.name.endswith(node)]
     # One per neuron and step for the loops (T = 2), one per neuron for the fused op.

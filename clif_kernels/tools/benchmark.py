@@ -319,17 +319,41 @@ def run_command(args, device):
             writer.writeheader()
             writer.writerows(rows)
 
+    host_table = host_cost_rows(device, os.path.join(args.out, f"host_{tag}.csv")
+                                if args.out else None)
+    if args.host_only:
+        return 0
     failed = []
     rows = run(providers, args.modes, args.dtypes, sweep, device, args.time_budget,
                on_row=write_csv if csv_path else None, failed=failed)
     table = summary(rows)
     print(table)
     if args.out:
-        write_outputs(table, csv_path, args.out, tag)
+        write_outputs(host_table + "\n\n" + table, csv_path, args.out, tag)
     if failed:
         print(f"{len(failed)} case(s) failed: {'; '.join(failed)}", file=sys.stderr)
         return 1
     return 0
+
+
+def host_cost_rows(device, csv_path=None):
+    """The host cost per call (tools/host_cost.py) with this run's metadata: prints its table,
+    writes its CSV when `csv_path` is given, and returns the table."""
+    from . import host_cost
+    meta = {"device": _device_name(device), "threads": torch.get_num_threads(),
+            "torch": torch.__version__, "triton": _triton_version(), "git": _git_rev(),
+            "date": datetime.date.today().isoformat()}
+    rows = [dict(r, **meta) for r in host_cost.measure(device)]
+    table = ("Host cost per call (median over interleaved rounds; the ratio to torch.sigmoid "
+             "in the same round):\n\n" + host_cost.summary(rows))
+    print(table)
+    if csv_path:
+        with open(csv_path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=host_cost.COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows)
+        print(f"wrote {csv_path}")
+    return table
 
 
 def write_outputs(table, csv_path, out, tag):
