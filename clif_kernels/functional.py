@@ -9,6 +9,7 @@ from .ops import FusedNeuron, fused_options
 from .options import DEFAULTS as D
 from .options import make_options
 from .reference import neuron_reference
+from .spike_bits import mark as _mark_spikes
 
 
 def _check_state(name, state, x_seq):
@@ -105,13 +106,14 @@ def run(x_seq, is_clif, v0, m0, return_state, backend, opts, spike_grad=True):
         spikes = spikes.view(x_seq.shape) if same else \
             spikes.view(xp.shape).permute(0, *[d + 1 for d in inv])
         if not return_state:  # the kernels stored no final state ([0] placeholders)
-            return spikes
+            return _mark_spikes(spikes)
         if same:
             vT = vT.view(x_seq.shape[1:])
             mT = mT.view(x_seq.shape[1:]) if is_clif else None
         else:
             vT = vT.view(xp.shape[1:]).permute(inv)
             mT = mT.view(xp.shape[1:]).permute(inv) if is_clif else None
+    spikes = _mark_spikes(spikes)  # saved as bits by the next layers in spike_bits' context
     if not return_state:
         return spikes
     return (spikes, vT, mT) if is_clif else (spikes, vT)
