@@ -189,9 +189,11 @@ def unpack_bits(bits: torch.Tensor, numel: int, dtype: torch.dtype, *,
 
 def _pack(t):
     if type(t) is not torch.Tensor:
-        # Parameters are never spikes; a tensor subclass (a FakeTensor while tracing, a
-        # DTensor, ...) is saved as saved-tensor hooks always save it.
-        return t if type(t) is not torch.nn.Parameter else _Kept(t, t._version)
+        if type(t) is torch.nn.Parameter:  # never spikes
+            return _Kept(t, t._version)
+        # A tensor subclass (a FakeTensor while tracing, a DTensor, ...): saved as saved-tensor
+        # hooks always save it.
+        return t
     if _registry:
         entry = _registry.get(id(t._base if t._base is not None else t))
         if entry is not None:
