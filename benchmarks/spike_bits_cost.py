@@ -4,6 +4,7 @@ saves, against a copy of the same tensor (what memory traffic alone costs), and 
 cost per neuron call outside the context.
 
     python benchmarks/spike_bits_cost.py [--T 4] [--batch 8] [--width 64] [--threads N]
+    python benchmarks/spike_bits_cost.py --step     # also: the training step, with and without
 
 Prints the bytes autograd holds after one forward of the model (distinct storages of what is
 saved; the packed bits once however many layers share them), without and with the context, in
@@ -73,6 +74,31 @@ def saved_bytes(model, x, bits, amp):
     return sum(storages.values()), sum(packed.values())
 
 
+def step_ab(T, batch, width, repeat):
+    """Forward and backward times of the model benchmark's `cpp` and `cpp+bits` (fp32),
+    alternating in one process (so that both see the same machine), medians."""
+    from clif_kernels.tools import bench_model as bm
+    cpu = torch.device("cpu")
+    x, y = bm.make_data(T, batch, cpu)
+    models = {p: bm.build(p, cpu, width) for p in ("cpp", "cpp+bits")}
+    times = {p: [] for p in models}
+    for i in range(2 + repeat):
+        for p, (model, runner) in models.items():
+            t0 = time.perf_counter()
+            loss = bm.loss_of(model, runner, x, y, False)
+            t1 = time.perf_counter()
+            loss.backward()
+            t2 = time.perf_counter()
+            model.zero_grad(set_to_none=True)
+            model.reset_neurons()
+            if i >= 2:  # two warm-up steps each
+                times[p].append((t1 - t0, t2 - t1))
+    for p, v in times.items():
+        print(f"{p:9s} forward {statistics.median(a for a, _ in v) * 1e3:.1f} ms, backward "
+              f"{statistics.median(b for _, b in v) * 1e3:.1f} ms (fp32, medians of {repeat}, "
+              "alternating)")
+
+
 def spikes_as_bits_or_not(bits):
     return spike_bits.spikes_as_bits(enabled=bits)
 
@@ -84,6 +110,8 @@ def main():
     ap.add_argument("--width", type=int, default=64)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--repeat", type=int, default=15)
+    ap.add_argument("--step", action="store_true",
+                    help="also time the training step's forward and backward (6 alternations)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -125,6 +153,8 @@ def main():
     base = median_ms(lambda: [(lambda t: t)(x) for _ in range(100000)], 5) * 1e6 / 100000
     print(f"mark() outside the context: {ns:.0f} ns per call (an identity function call: "
           f"{base:.0f} ns)")
+    if args.step:
+        step_ab(args.T, args.batch, args.width, 6)
 
 
 if __name__ == "__main__":
