@@ -16,13 +16,15 @@ from ._version import __version__
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ loads them
     from .functional import clif, lif
     from .modules import CLIFNode, LIFNode
+    from .spike_bits import spikes_as_bits
     from .backends import BACKENDS
     from .options import SURROGATES
 
 # What users call. `BACKENDS` and `SURROGATES` (the accepted names) stay reachable too.
-__all__ = ["clif", "lif", "CLIFNode", "LIFNode", "__version__"]
+__all__ = ["clif", "lif", "CLIFNode", "LIFNode", "spikes_as_bits", "__version__"]
 
 _LAZY = {"clif": "functional", "lif": "functional", "CLIFNode": "modules", "LIFNode": "modules",
+         "spikes_as_bits": "spike_bits",
          "BACKENDS": "backends", "SURROGATES": "options"}
 
 

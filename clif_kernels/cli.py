@@ -223,7 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "GPU: T=8 only, 5 timed steps")
     p.add_argument("--providers", type=names_list, default=None,
                    help="comma-separated (default: all that run here): naive, compiled, "
-                        "spikingjelly, spikingjelly+memopt, the package's backends, lif")
+                        "spikingjelly, spikingjelly+memopt, the package's backends, lif, "
+                        "<fused backend>+bits (spikes saved as bits)")
     p.add_argument("--dtypes", type=choices_list(BENCH_DTYPES), default=list(BENCH_DTYPES),
                    help="comma-separated, float32 and/or bfloat16 (autocast) (default: both)")
     p.add_argument("--T", type=int_list(1), default=None, metavar="T,...",

@@ -7,6 +7,7 @@ from .backends import DTYPES, REGISTRY, resolve_backend
 from .options import DEFAULTS as D
 from .options import options_for
 from .reference import neuron_reference
+from .spike_bits import mark as _mark_spikes
 
 
 def _check_state(name, state, x_seq):
@@ -100,9 +101,10 @@ def run(x_seq, is_clif, v0, m0, return_state, backend, opts, spike_grad=True):
                 vT = vT.permute(inv)
                 mT = mT.permute(inv) if is_clif else None
         if not return_state:  # the kernels stored no final state ([0] placeholders)
-            return spikes
+            return _mark_spikes(spikes)
         if not is_clif:
             mT = None
+    spikes = _mark_spikes(spikes)  # saved as bits by the next layers in spike_bits' context
     if not return_state:
         return spikes
     return (spikes, vT, mT) if is_clif else (spikes, vT)

@@ -29,9 +29,10 @@ CPU = torch.device("cpu")
 def _device_and_dtype(provider):
     """Where and in which dtype a provider's model is compared: float64 where its neuron takes
     it (no rounding to tell apart from a real difference), else float32 on its device."""
-    if provider in ("triton", "cuda"):
+    neuron, _ = bm.parse_provider(provider)
+    if neuron in ("triton", "cuda"):
         dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        why = backends.unavailable_reason(provider, dev, torch.float32)
+        why = backends.unavailable_reason(neuron, dev, torch.float32)
         return (None, why) if why else ((dev, torch.float32), None)
     why = bm.why_not(provider, CPU, torch.float64)
     return (None, why) if why else ((CPU, torch.float64), None)
@@ -67,7 +68,8 @@ def _assert_same(provider, loss, grads, ref_loss, ref_grads, dtype):
             f"{provider}: gradient of {name} differs by {err:.3g} (largest {scale:.3g})"
 
 
-PROVIDERS = [p for p in bm.PROVIDERS if p != "compiled"]
+# Every listed provider, and compositions the list leaves out (the mechanism on other neurons).
+PROVIDERS = [p for p in bm.PROVIDERS if p != "compiled"] + ["reference+bits", "lif+bits"]
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
@@ -106,7 +108,8 @@ def test_compiled_model_computes_the_reference_loss_and_gradients():
 def test_benchmark_runs_and_writes_its_files(tmp_path):
     """The benchmark end to end at a tiny size, in this process, then one case in a fresh
     process (how it measures a CPU case's peak memory)."""
-    providers = ["naive", "reference", "cpp", "lif", "spikingjelly", "spikingjelly+memopt"]
+    providers = ["naive", "reference", "cpp", "lif", "spikingjelly", "spikingjelly+memopt",
+                 "cpp+bits"]
     runnable = [p for p in providers if bm.why_not(p, CPU) is None]
     argv = ["bench-model", "--model", "resnet18", "--providers", ",".join(providers), "--T", "2",
             "--batch", "2", "--width", "4", "--warmup", "1", "--steps", "1", "--dtypes",
@@ -130,6 +133,69 @@ def test_benchmark_runs_and_writes_its_files(tmp_path):
     res = bm._run_isolated(dict(provider="cpp", dtype="float32", T=2, batch=2, width=4, warmup=1,
                                 steps=1, device="cpu", budget_gib=None, profile=False), 120)
     assert float(res["ms"]) > 0 and float(res["peak_mb"]) > 0, res
+
+
+@pytest.mark.parametrize("bits", ["cpp+bits", "lif+bits", "reference+bits"])
+def test_bits_providers_save_bits_and_the_same_gradients(bits):
+    """A `+bits` provider's forward runs inside spikes_as_bits(): its layers save the spikes as
+    bits, and its loss and gradients are bitwise those of its neuron without it (fp32)."""
+    from clif_kernels import spike_bits
+    neuron = bm.parse_provider(bits)[0]
+    packed = []
+    pack = spike_bits._pack
+
+    def counting(t):
+        p = pack(t)
+        packed.append(type(p) is spike_bits._Packed)
+        return p
+    spike_bits._pack = counting
+    try:
+        loss, grads = bm.loss_and_grads(bits, CPU, torch.float32, **TINY)
+    finally:
+        spike_bits._pack = pack
+    assert sum(packed) >= 16, sum(packed)  # the 16 neurons whose spikes a convolution saves
+    ref_loss, ref_grads = bm.loss_and_grads(neuron, CPU, torch.float32, **TINY)
+    assert torch.equal(loss, ref_loss)
+    for name, g in grads.items():
+        assert torch.equal(g, ref_grads[name]), name
+
+
+@pytest.mark.parametrize("name, why", [
+    ("cpp+nothing", "no mechanism 'nothing'"),
+    ("spikingjelly+bits", "applies to"),
+    ("cpp+memopt", "applies to spikingjelly, not cpp"),
+    ("cpp+bits+bits", "repeated"),
+    ("fast+bits", "starts with no neuron"),
+])
+def test_provider_names_are_checked(name, why):
+    with pytest.raises(ValueError, match=why):
+        bm.parse_provider(name)
+    assert why in bm.why_not(name, CPU)
+
+
+def test_a_new_mechanism_composes():
+    """A mechanism is one table entry: a model transform and a context around the forward,
+    composed with another in the name's order."""
+    calls = []
+
+    class Around:
+        def __enter__(self):
+            calls.append("enter")
+
+        def __exit__(self, *exc):
+            calls.append("exit")
+
+    def transform(model, example):
+        calls.append("model")
+        return model
+    bm.MECHANISMS["probe"] = bm.Mechanism(bm.OURS, model=transform, around=Around)
+    try:
+        assert bm.parse_provider("cpp+bits+probe") == ("cpp", ["bits", "probe"])
+        assert bm.why_not("cpp+bits+probe", CPU) is None
+        loss, _ = bm.loss_and_grads("cpp+bits+probe", CPU, torch.float32, **TINY)
+    finally:
+        del bm.MECHANISMS["probe"]
+    assert calls == ["model", "enter", "exit"] and torch.isfinite(loss)
 
 
 @pytest.mark.parametrize("law, start, largest, most_probes", [

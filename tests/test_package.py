@@ -154,7 +154,8 @@ def test_release_files():
 
 def test_public_names():
     import clif_kernels
-    assert clif_kernels.__all__ == ["clif", "lif", "CLIFNode", "LIFNode", "__version__"]
+    assert clif_kernels.__all__ == ["clif", "lif", "CLIFNode", "LIFNode", "spikes_as_bits",
+                                    "__version__"]
     for name in clif_kernels.__all__:
         assert getattr(clif_kernels, name) is not None
     assert callable(clif_kernels.clif) and isinstance(clif_kernels.CLIFNode, type)

@@ -4,16 +4,20 @@ synthetic data, with the neuron swapped between providers.
     clif-kernels bench-model --quick --out results     # CPU, < 2 min
     clif-kernels bench-model --out results             # GPU, < 5 min
 
-Providers (CLIF neuron, soft reset, tau = 2, rectangle surrogate, unless said):
+A provider is a neuron, then any `+mechanism` suffixes (MECHANISMS), each applied to the model
+or around the forward. Neurons (CLIF, soft reset, tau = 2, rectangle surrogate, unless said):
   naive                the per-step eager loop (the paper's authors' way), `benchmark.naive_clif`
   compiled             torch.compile of the whole model with the loop neuron
   spikingjelly         SpikingJelly 2.0 `ComplementaryLIFNode(step_mode="m")`
-  spikingjelly+memopt  the same after SpikingJelly's `memopt.optimize_memory(level=1)`: every
-                       block checkpointed, spike inputs stored as 1 bit
   the package's backends (backends.REGISTRY): the reference (loop in fp32, autograd
                        backward) and the fused ones
   lif                  our LIF neuron (SpikingJelly's LIFNode defaults), fastest backend here:
                        what CLIF costs over LIF
+Mechanisms:
+  +memopt              (spikingjelly) SpikingJelly's `memopt.optimize_memory(level=1)`: every
+                       block checkpointed, spike inputs stored as 1 bit
+  +bits                (our neurons) the forward inside `clif_kernels.spikes_as_bits()`: the
+                       layers after each neuron save its spikes as bits
 Each provider builds the same weights from the same seed and trains on the same data; the tests
 check that every provider's model computes the reference model's loss and gradients.
 
@@ -37,6 +41,8 @@ import statistics
 import sys
 import time
 
+from typing import Callable, NamedTuple, Optional
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -45,9 +51,14 @@ from ..backends import REGISTRY, resolve_backend, unavailable_reason
 from . import benchmark
 from .models import NEURON_RANGE, BasicBlock, SpikingResNet18, Stem
 
-PROVIDERS = (("naive", "compiled", "spikingjelly", "spikingjelly+memopt") + tuple(REGISTRY)
-             + ("lif",))
 FUSED = benchmark.FUSED
+# The neurons a provider name starts with, and those of this package among them.
+NEURONS = ("naive", "compiled", "spikingjelly") + tuple(REGISTRY) + ("lif",)
+OURS = tuple(REGISTRY) + ("lif",)
+# What a full run measures (and the command line accepts): any neuron followed by mechanisms
+# that apply to it builds (`parse_provider`), these are the ones worth a row.
+PROVIDERS = (("naive", "compiled", "spikingjelly", "spikingjelly+memopt") + tuple(REGISTRY)
+             + ("lif",) + tuple(f"{b}+bits" for b in FUSED))
 DTYPES = ("float32", "bfloat16")
 COLUMNS = ["device", "model", "provider", "neuron", "impl", "dtype", "T", "batch", "width", "ms",
            "ms_min", "ms_max", "steps", "peak_mb", "neuron_share", "max_batch", "budget_gib",
@@ -83,6 +94,69 @@ def _memopt():
     return optimize_memory, None
 
 
+def _apply_memopt(model, example):
+    optimize_memory, why = _memopt()
+    if why:
+        raise RuntimeError(why)
+    if example is None:
+        raise ValueError("spikingjelly+memopt needs an example input")
+
+    def example_forward(m):
+        m.reset_neurons()
+        return m(example)
+    # Level 1: the memory-budget setting checkpoints every candidate block and stores its
+    # input at 1 bit per spike when the probe finds it binary. Levels 2-4 add searches that
+    # need CUDA and a user's split/chunk rules.
+    optimize_memory(model, (Stem, BasicBlock), example_forward, level=1,
+                    checkpoint_budget="memory", compress=True)
+    model.reset_neurons()
+    return model
+
+
+def _spikes_as_bits():
+    from ..spike_bits import spikes_as_bits
+    return spikes_as_bits()
+
+
+class Mechanism(NamedTuple):
+    """What a `+name` suffix adds to a provider's neuron. `neurons`: the neurons it applies to;
+    `why_not()`: None, or why it cannot run here; `model(model, example)`: applied to the built
+    model (returns it); `around()`: a context manager the forward runs in (the backward and the
+    optimizer step run outside it). Either may be None."""
+
+    neurons: tuple
+    why_not: Optional[Callable[[], Optional[str]]] = None
+    model: Optional[Callable] = None
+    around: Optional[Callable] = None
+
+
+MECHANISMS = {
+    "memopt": Mechanism(("spikingjelly",), why_not=lambda: _memopt()[1], model=_apply_memopt),
+    "bits": Mechanism(OURS, around=_spikes_as_bits),
+}
+
+
+def parse_provider(provider):
+    """(neuron, [mechanism names]) of a provider name such as "cpp+bits"; ValueError naming
+    what is wrong."""
+    if not isinstance(provider, str):
+        raise TypeError(f"provider must be a str, got {type(provider).__name__}")
+    neuron, *mechs = provider.split("+")
+    if neuron not in NEURONS:
+        raise ValueError(f"unknown provider {provider!r}: it starts with no neuron of "
+                         f"{', '.join(NEURONS)}")
+    for m in mechs:
+        if m not in MECHANISMS:
+            raise ValueError(f"unknown provider {provider!r}: no mechanism {m!r} (known: "
+                             f"{', '.join(MECHANISMS)})")
+        if neuron not in MECHANISMS[m].neurons:
+            raise ValueError(f"unknown provider {provider!r}: +{m} applies to "
+                             f"{', '.join(MECHANISMS[m].neurons)}, not {neuron}")
+    if len(set(mechs)) != len(mechs):
+        raise ValueError(f"unknown provider {provider!r}: a mechanism is repeated")
+    return neuron, mechs
+
+
 def spikingjelly_version():
     try:
         return importlib.metadata.version("spikingjelly")
@@ -92,17 +166,20 @@ def spikingjelly_version():
 
 def why_not(provider, device, dtype=torch.float32):
     """None when `provider` can run on `device`, else a sentence saying why not."""
-    if provider not in PROVIDERS:
-        return f"unknown provider {provider!r}"
-    if provider.startswith("spikingjelly"):
-        _, why = _spikingjelly()
-        if why is None and provider.endswith("memopt"):
-            _, why = _memopt()
-        return why
-    if provider == "triton" and device.type != "cuda":
+    try:
+        neuron, mechs = parse_provider(provider)
+    except (TypeError, ValueError) as e:
+        return str(e)
+    for m in mechs:
+        why = MECHANISMS[m].why_not() if MECHANISMS[m].why_not else None
+        if why:
+            return why
+    if neuron == "spikingjelly":
+        return _spikingjelly()[1]
+    if neuron == "triton" and device.type != "cuda":
         return "timings of Triton's interpreter mean nothing"
-    if provider in REGISTRY:
-        return unavailable_reason(provider, device, dtype)
+    if neuron in REGISTRY:
+        return unavailable_reason(neuron, device, dtype)
     return None
 
 
@@ -110,6 +187,7 @@ def make_neuron_factory(provider, device, dtype=torch.float32):
     """A zero-argument callable returning one multi-step neuron module for `provider`, and the
     name of what runs it (the `impl` column)."""
     from .. import CLIFNode, LIFNode
+    provider, _ = parse_provider(provider)
     if provider in ("naive", "compiled"):
         return LoopCLIF, "loop"
     if provider.startswith("spikingjelly"):
@@ -127,7 +205,7 @@ def reference_factory(provider):
     """The reference-neuron module a provider's model must agree with (the reference backend:
     the CLIF reference, or the LIF reference for `lif`)."""
     from .. import CLIFNode, LIFNode
-    if provider == "lif":
+    if parse_provider(provider)[0] == "lif":
         return lambda: LIFNode(step_mode="m", backend=benchmark.REFERENCE)
     return lambda: CLIFNode(step_mode="m", backend=benchmark.REFERENCE)
 
@@ -139,30 +217,29 @@ def build(provider, device, width, seed=0, dtype=torch.float32, example=None,
     its torch.compile for `compiled`). `example`: an input for SpikingJelly's memory optimiser,
     which probes the model once to find the blocks whose input is binary."""
     impl = None
+    neuron, mechs = parse_provider(provider)
     if make_neuron is None:
         make_neuron, impl = make_neuron_factory(provider, device, dtype)
     torch.manual_seed(seed)
-    model = SpikingResNet18(make_neuron, width=width, label=provider != "compiled")
+    model = SpikingResNet18(make_neuron, width=width, label=neuron != "compiled")
     model = model.to(device=device, dtype=dtype)
-    if provider == "spikingjelly+memopt":
-        optimize_memory, why = _memopt()
-        if why:
-            raise RuntimeError(why)
-        if example is None:
-            raise ValueError("spikingjelly+memopt needs an example input")
-
-        def example_forward(m):
-            m.reset_neurons()
-            return m(example)
-        # Level 1: the memory-budget setting checkpoints every candidate block and stores its
-        # input at 1 bit per spike when the probe finds it binary. Levels 2-4 add searches that
-        # need CUDA and a user's split/chunk rules.
-        optimize_memory(model, (Stem, BasicBlock), example_forward, level=1,
-                        checkpoint_budget="memory", compress=True)
-        model.reset_neurons()
-    runner = torch.compile(model) if provider == "compiled" else model
+    for m in mechs:
+        if MECHANISMS[m].model is not None:
+            model = MECHANISMS[m].model(model, example)
+    runner = torch.compile(model) if neuron == "compiled" else model
+    for m in mechs:
+        if MECHANISMS[m].around is not None:
+            runner = _inside(MECHANISMS[m].around, runner)
     model.impl = impl
     return model, runner
+
+
+def _inside(context, runner):
+    """`runner` called inside a fresh `context()` on every call."""
+    def run(x):
+        with context():
+            return runner(x)
+    return run
 
 
 def make_data(T, batch, device, seed=0, dtype=torch.float32, classes=10):
@@ -456,14 +533,15 @@ def run_case(case):
     times = [timed()[0] for _ in range(case["steps"])]
     peak = mem.peak_mib()
     share = ""
-    if case.get("profile", True) and provider != "compiled":
+    compiled = parse_provider(provider)[0] == "compiled"
+    if case.get("profile", True) and not compiled:
         try:
             share = f"{profile_share(model, runner, opt, x, y, amp, device):.3f}"
         except Exception as e:  # a profiler that records differently: keep the timings
             sys.stderr.write(f"\nneuron share of {provider} not measured: "
                              f"{type(e).__name__}: {e}\n")
     max_batch = ""
-    if device.type == "cuda" and case.get("budget_gib") and provider != "compiled":
+    if device.type == "cuda" and case.get("budget_gib") and not compiled:
         del x, y
         gc.collect()
         torch.cuda.empty_cache()
@@ -473,8 +551,8 @@ def run_case(case):
         found, _ = largest_batch(probe, case["budget_gib"] * 2**30, start=batch,
                                  tolerance=case.get("tolerance", 0.01))
         max_batch = str(found)
-    return {"impl": model.impl or ("inductor" if provider == "compiled" else ""),
-            "neuron": "lif" if provider == "lif" else "clif",
+    return {"impl": model.impl or ("inductor" if compiled else ""),
+            "neuron": "lif" if parse_provider(provider)[0] == "lif" else "clif",
             "ms": f"{statistics.median(times):.2f}", "ms_min": f"{min(times):.2f}",
             "ms_max": f"{max(times):.2f}", "steps": len(times), "peak_mb": f"{peak:.1f}",
             "neuron_share": share, "max_batch": max_batch, "loss": f"{first_loss:.5f}"}
