@@ -143,10 +143,11 @@ c10::Allocator* output_allocator<c10::DeviceType::CPU>() {
 
 template <>
 void run_fwd<c10::DeviceType::CPU>(const FwdResult& out, const Tensor& x, const OptTensor& v0,
-                                   const OptTensor& m0, const OpOptions& o) {
+                                   const OptTensor& m0, const OpOptions& o, const Fold& f) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "clif_fwd_cpu", [&] {
     using acc_t = acc_type<scalar_t>;
-    run_cpu<false, scalar_t>(make_params<acc_t>(o), fwd_io<acc_t>(out, x, v0, m0, o.is_clif));
+    run_cpu<false, scalar_t>(make_params<acc_t>(o),
+                             fwd_io<acc_t>(out, x, v0, m0, o.is_clif, f));
   });
 }
 
@@ -154,11 +155,11 @@ template <>
 void run_bwd<c10::DeviceType::CPU>(const BwdResult& out, const Tensor& x, const OptTensor& v0,
                                    const OptTensor& m0, const Tensor& ckpt, const OptTensor& gs,
                                    const OptTensor& gvT, const OptTensor& gmT,
-                                   const OpOptions& o) {
+                                   const OpOptions& o, const Fold& f) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "clif_bwd_cpu", [&] {
     using acc_t = acc_type<scalar_t>;
     run_cpu<true, scalar_t>(make_params<acc_t>(o),
-                            bwd_io<acc_t>(out, x, v0, m0, ckpt, gs, gvT, gmT, o.is_clif));
+                            bwd_io<acc_t>(out, x, v0, m0, ckpt, gs, gvT, gmT, o.is_clif, f));
   });
 }
 

@@ -346,6 +346,26 @@ struct VecIO : TypedData<typename StorageTraits<S>::type, float> {
     if (gv0) store<false>(gv0, gv);
     if (gm0) store<false>(gm0, gm);
   }
+  // The fold (the drivers' FOLD path only): the group's per-neuron scale and shift, gathered
+  // once per group from the channels' values.
+  void load_affine(vec_t* s, vec_t* b) const {
+    alignas(64) float sv[width], bv[width];
+    this->template affine_of<width>(sv, bv);
+    for (int l = 0; l < L; ++l) {
+      CLIF_EACH {
+        s[l].v[i] = _mm512_load_ps(sv + 16 * (K * l + i));
+        b[l].v[i] = _mm512_load_ps(bv + 16 * (K * l + i));
+      }
+    }
+  }
+  void apply_affine(vec_t* u, const vec_t* s, const vec_t* b) const {
+    for (int l = 0; l < L; ++l) u[l] = madd(u[l], s[l], b[l]);
+  }
+  void load_res(int64_t t, vec_t* out) const {
+    prefetch(this->residual + t * N);
+    load(this->residual + t * N, out);
+  }
+  void load_res_raw(int64_t t, raw_t& out) const { load_res(t, out.v); }
 };
 
 }  // namespace clif
