@@ -38,10 +38,52 @@ def _memory_order(x_seq):
     return dims
 
 
-def _needs_grad(x_seq, v0, m0):
-    return torch.is_grad_enabled() and (
-        x_seq.requires_grad or (v0 is not None and v0.requires_grad)
-        or (m0 is not None and m0.requires_grad))
+def _needs_grad(x_seq, v0, m0, *more):
+    return torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x_seq, v0, m0) + more)
+
+
+def _check_fold(x_seq, scale, shift, residual, channel_dim):
+    """The fold's arguments of `clif`/`lif`, checked with their names; returns the channel dim
+    of x_seq (counted from 0, T's) or None without scale."""
+    if (scale is None) != (shift is None):
+        raise ValueError("scale and shift must be given together (the neuron runs on "
+                         "x_seq * scale + shift)")
+    cdt = torch.float64 if x_seq.dtype == torch.float64 else torch.float32
+    dim = None
+    if scale is not None:
+        if isinstance(channel_dim, bool) or not isinstance(channel_dim, int):
+            raise TypeError(f"channel_dim must be an int, got {type(channel_dim).__name__}")
+        dim = channel_dim + x_seq.dim() if channel_dim < 0 else channel_dim
+        if not 1 <= dim < x_seq.dim():
+            raise ValueError(f"channel_dim must name a neuron dimension of x_seq (1 to "
+                             f"{x_seq.dim() - 1}; 0 is time), got {channel_dim}")
+        C = x_seq.shape[dim]
+        for name, t in (("scale", scale), ("shift", shift)):
+            if not isinstance(t, torch.Tensor):
+                raise TypeError(f"{name} must be a tensor, got {type(t).__name__}")
+            if t.shape != (C,):
+                raise ValueError(f"{name} must have shape [{C}] (x_seq.shape[{channel_dim}], "
+                                 f"the channels), got {tuple(t.shape)}")
+            if t.dtype != cdt:
+                raise TypeError(f"{name} must have dtype {cdt} (the compute dtype of "
+                                f"{x_seq.dtype} input), got {t.dtype}")
+            if t.device != x_seq.device:
+                raise ValueError(f"{name} must be on the device of x_seq, {x_seq.device}; "
+                                 f"got {t.device}")
+    if residual is not None:
+        if not isinstance(residual, torch.Tensor):
+            raise TypeError(f"residual must be a tensor, got {type(residual).__name__}")
+        if residual.shape != x_seq.shape:
+            raise ValueError(f"residual must have the shape of x_seq, {tuple(x_seq.shape)}; "
+                             f"got {tuple(residual.shape)}")
+        if residual.dtype != x_seq.dtype:
+            raise TypeError(f"residual must have the dtype of x_seq, {x_seq.dtype}; got "
+                            f"{residual.dtype}")
+        if residual.device != x_seq.device:
+            raise ValueError(f"residual must be on the device of x_seq, {x_seq.device}; "
+                             f"got {residual.device}")
+    return dim
 
 
 def _fused_call(pair, *args):
@@ -54,12 +96,14 @@ def _fused_call(pair, *args):
     return FusedNeuron.apply(pair, *args)
 
 
-def run(x_seq, is_clif, v0, m0, return_state, backend, opts, spike_grad=True):
+def run(x_seq, is_clif, v0, m0, return_state, backend, opts, spike_grad=True, scale=None,
+        shift=None, residual=None, channel_dim=2):
     """`clif`/`lif` with validated `options.NeuronOptions`: what the modules call, so that their
     options are checked once, not on every step. `spike_grad=False`: the spike is a plain
     Heaviside step with no surrogate gradient (SpikingJelly's CLIF in eval mode); gradients
     still flow through the potentials. The fused kernels have no such mode: when a gradient is
-    needed, the reference computes that call."""
+    needed, the reference computes that call. `scale`, `shift` ([C] along x_seq's
+    `channel_dim`) and `residual` (like x_seq): the fold, see `clif`."""
     if not isinstance(x_seq, torch.Tensor):
         raise TypeError(f"x_seq must be a tensor, got {type(x_seq).__name__}")
     if x_seq.dim() < 1:
@@ -74,14 +118,23 @@ def run(x_seq, is_clif, v0, m0, return_state, backend, opts, spike_grad=True):
                            "jacrev, ...): call it outside them and use torch.autograd.grad")
     _check_state("v0", v0, x_seq)
     _check_state("m0", m0, x_seq)
+    folded = scale is not None or residual is not None
+    cdim = _check_fold(x_seq, scale, shift, residual, channel_dim) if folded else None
     if opts.float32_error is not None and x_seq.dtype != torch.float64:
         raise ValueError(opts.float32_error)
     pair = REGISTRY[resolve_backend(backend, x_seq.device, x_seq.dtype)].op_pair()
-    if not spike_grad and _needs_grad(x_seq, v0, m0):
+    ref_fold = {}
+    if folded:
+        ref_fold["residual"] = residual
+        if scale is not None:  # [C] broadcast along the channel dim of x_seq[0]
+            shape = [1] * (x_seq.dim() - 1)
+            shape[cdim - 1] = -1
+            ref_fold.update(scale=scale.view(shape), shift=shift.view(shape))
+    if not spike_grad and _needs_grad(x_seq, v0, m0, scale, shift, residual):
         spikes, vT, mT = neuron_reference(x_seq, opts, clif=is_clif, v0=v0, m0=m0,
-                                          spike_grad=False)
+                                          spike_grad=False, **ref_fold)
     elif pair is None:  # the reference
-        spikes, vT, mT = neuron_reference(x_seq, opts, clif=is_clif, v0=v0, m0=m0)
+        spikes, vT, mT = neuron_reference(x_seq, opts, clif=is_clif, v0=v0, m0=m0, **ref_fold)
     else:
         # Work where the input lies: order the neuron dimensions as they sit in memory, so that a
         # channels_last (or any dense, time-outermost) input is a [T, N] view, and the outputs
@@ -90,7 +143,7 @@ def run(x_seq, is_clif, v0, m0, return_state, backend, opts, spike_grad=True):
         same = order == sorted(order)  # no permutation needed (a contiguous input)
         xp = x_seq if same else x_seq.permute(0, *[d + 1 for d in order])
         T, N = xp.shape[0], math.prod(xp.shape[1:])
-        needs_grad = _needs_grad(x_seq, v0, m0)
+        needs_grad = _needs_grad(x_seq, v0, m0, scale, shift, residual)
 
         def flat(t):
             # Dense rows, as the kernels address them (a state may be any strided view).
@@ -98,9 +151,22 @@ def run(x_seq, is_clif, v0, m0, return_state, backend, opts, spike_grad=True):
                 return None
             return (t if same else t.permute(order)).reshape(N).contiguous()
 
+        fold = ()
+        if folded:
+            # The fold's layout in the [T, N] rows: the channel dim's place in memory order,
+            # and the neurons of the dims inside it (one channel's run).
+            inner = 1
+            if scale is not None:
+                inner = math.prod(xp.shape[2 + order.index(cdim - 1):])
+            res = None
+            if residual is not None:
+                res = (residual if same else residual.permute(0, *[d + 1 for d in order]))
+                res = res.reshape(T, N).contiguous()
+            fold = (scale if scale is None else scale.contiguous(),
+                    shift if shift is None else shift.contiguous(), res, inner)
         spikes, vT, mT, _ = _fused_call(
             pair, xp.reshape(T, N).contiguous(), flat(v0), flat(m0) if is_clif else None,
-            *fused_options(opts, is_clif), needs_grad, return_state)
+            *fused_options(opts, is_clif), needs_grad, return_state, *fold)
         inv = [order.index(d) for d in range(len(order))]
         spikes = spikes.view(x_seq.shape) if same else \
             spikes.view(xp.shape).permute(0, *[d + 1 for d in inv])
@@ -123,6 +189,8 @@ def clif(x_seq: torch.Tensor, *, tau: float = D["tau"], v_threshold: float = D["
          beta: Optional[float] = D["beta"], detach_reset: bool = D["detach_reset"],
          v0: Optional[torch.Tensor] = None, m0: Optional[torch.Tensor] = None,
          return_state: bool = False, backend: str = "auto",
+         scale: Optional[torch.Tensor] = None, shift: Optional[torch.Tensor] = None,
+         residual: Optional[torch.Tensor] = None, channel_dim: int = 2,
          ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """CLIF neuron over a whole sequence.
 
@@ -139,6 +207,12 @@ def clif(x_seq: torch.Tensor, *, tau: float = D["tau"], v_threshold: float = D["
         return_state: also return the final states.
         backend: "auto" (the fastest that runs here) or a name of `backends.REGISTRY`:
             "cuda", "triton", "cpp", "reference" (the plain PyTorch loop; "torch" is an alias).
+        scale, shift: a per-channel affine map folded into the kernels (a BatchNorm's
+            normalisation): the neuron runs on u = x_seq * scale[c] + shift[c], c the index
+            along `channel_dim` (default 2, the C of `[T, B, C, ...]`); `[C]` tensors in the
+            compute dtype (float32, float64 for float64 input), given together. Gradients reach
+            x_seq, scale and shift.
+        residual: a tensor like x_seq added to u (a residual block's shortcut).
 
     Returns:
         spikes `[T, *]` in x_seq's dtype, or `(spikes, vT, mT)` with `return_state=True`.
@@ -150,7 +224,8 @@ def clif(x_seq: torch.Tensor, *, tau: float = D["tau"], v_threshold: float = D["
     opts = make_options(tau=tau, v_threshold=v_threshold, v_reset=v_reset,
                         decay_input=decay_input, surrogate=surrogate, alpha=alpha, beta=beta,
                         detach_reset=detach_reset)
-    return run(x_seq, True, v0, m0, return_state, backend, opts)
+    return run(x_seq, True, v0, m0, return_state, backend, opts, scale=scale, shift=shift,
+               residual=residual, channel_dim=channel_dim)
 
 
 def lif(x_seq: torch.Tensor, *, tau: float = D["tau"], v_threshold: float = D["v_threshold"],
@@ -158,8 +233,11 @@ def lif(x_seq: torch.Tensor, *, tau: float = D["tau"], v_threshold: float = D["v
         surrogate: str = D["surrogate"], alpha: Optional[float] = D["alpha"],
         beta: Optional[float] = D["beta"], detach_reset: bool = D["detach_reset"],
         v0: Optional[torch.Tensor] = None, return_state: bool = False, backend: str = "auto",
+        scale: Optional[torch.Tensor] = None, shift: Optional[torch.Tensor] = None,
+        residual: Optional[torch.Tensor] = None, channel_dim: int = 2,
         ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
-    """LIF neuron over a whole sequence: `clif` without the complementary potential.
+    """LIF neuron over a whole sequence: `clif` without the complementary potential (the
+    fold's `scale`, `shift`, `residual` and `channel_dim` as there).
 
     Returns spikes `[T, *]`, or `(spikes, vT)` with `return_state=True`.
 
@@ -169,4 +247,5 @@ def lif(x_seq: torch.Tensor, *, tau: float = D["tau"], v_threshold: float = D["v
     opts = make_options(tau=tau, v_threshold=v_threshold, v_reset=v_reset,
                         decay_input=decay_input, surrogate=surrogate, alpha=alpha, beta=beta,
                         detach_reset=detach_reset)
-    return run(x_seq, False, v0, None, return_state, backend, opts)
+    return run(x_seq, False, v0, None, return_state, backend, opts, scale=scale, shift=shift,
+               residual=residual, channel_dim=channel_dim)

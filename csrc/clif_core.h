@@ -611,6 +611,7 @@ struct GroupIO : TypedData<scalar_t, acc_t> {
   using Data::vT; using Data::mT; using Data::gs; using Data::gvT; using Data::gmT;
   using Data::gx; using Data::gv0; using Data::gm0; using Data::N; using Data::n0;
   using Data::save;
+  using Data::residual;
 
   CLIF_HD explicit GroupIO(const GroupData<acc_t>& d) : Data(d) {}
 

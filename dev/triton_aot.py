@@ -33,7 +33,7 @@ def _signature(fn, constexprs, dtype, ckpt_dtype="fp32"):
             sig[name] = "constexpr"
         elif name.endswith("_ptr"):
             sig[name] = f"*{ckpt_dtype}" if name == "ckpt_ptr" else f"*{dtype}"
-        elif name in ("T", "N"):
+        elif name in ("T", "N", "inner", "C"):
             sig[name] = "i64"
         else:
             sig[name] = "fp32"
@@ -130,6 +130,8 @@ def compiled_variants(arch: int, aligned: bool = False):
     every variant, compiled for sm_<arch>; `aligned`: as the JIT compiles for aligned tensors."""
     target = GPUTarget("cuda", arch, 32)
     for fn, ce, dtype, ckpt_dtype in variants():
+        if fn is not tk.clif_bwd_tiled_kernel:  # the default path: no fold
+            ce = dict(ce, FOLD=False, HAS_SCALE=False, HAS_RES=False)
         warps = tk.FWD_WARPS if fn is tk.clif_fwd_kernel else tk.BWD_WARPS
         src = _source(fn, _signature(fn, ce, dtype, ckpt_dtype), ce, aligned)
         yield fn, ce, dtype, ckpt_dtype, triton.compile(src, target=target,
