@@ -142,8 +142,13 @@ def _fold_call(node, x, fold):
         (spikes,), states = node.multi_step_functional_forward((x,), states, **fold)
         node._keep(states)
         return spikes
-    # SpikingJelly's MemoryModule passes keywords on to multi_step_functional_forward.
-    return node.multi_step_forward(x, **fold)
+    # SpikingJelly's MemoryModule.multi_step_forward, with the keywords passed on (its neurons'
+    # own multi_step_forward takes none).
+    states = node.materialize_states((x,), tuple(node._memories.values()), "m")
+    (spikes,), states = node.multi_step_functional_forward((x,), states, **fold)
+    for name, value in zip(node._memories, states):
+        node._memories[name] = value
+    return spikes
 
 
 def bn_neuron_forward(bn: _BatchNorm, node: nn.Module, x: torch.Tensor,
@@ -260,13 +265,18 @@ def _is_neuron(module) -> bool:
                                                            FusedStepping)
 
 
+# SpikingJelly's layers and neurons (not its models, whose forward is what is traced).
+_SJ_LEAVES = ("spikingjelly.activation_based.layer", "spikingjelly.activation_based.neuron",
+              "spikingjelly.activation_based.base")
+
+
 class _Tracer(torch.fx.Tracer):
     # BN, the neurons (stateful) and SpikingJelly's layers (which branch on their step mode and
     # on shapes) are called, not traced through.
     def is_leaf_module(self, m, qualname):
         return (isinstance(m, _BatchNorm) or _is_neuron(m)
                 or isinstance(getattr(m, "node", None), nn.Module)
-                or type(m).__module__.startswith("spikingjelly")
+                or type(m).__module__.startswith(_SJ_LEAVES)
                 or super().is_leaf_module(m, qualname))
 
 

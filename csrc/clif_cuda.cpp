@@ -70,8 +70,10 @@ void run_fwd<c10::DeviceType::CUDA>(const FwdResult& out, const Tensor& x, const
   const auto data = fwd_io<float>(out, x, v0, m0, o.is_clif, f);
   const KernelVariant variant = kernel_variant();
   CLIF_DISPATCH_CUDA_TYPES(x.scalar_type(), "clif_fwd_cuda", [&] {
+    // The fold has kernels of the current design only.
+    const bool fold = data.scale != nullptr || data.residual != nullptr;
     const int width =
-        variant == KernelVariant::kPrevious ? kPreviousLanes : kFwdLanes;
+        variant == KernelVariant::kPrevious && !fold ? kPreviousLanes : kFwdLanes;
     C10_CUDA_CHECK(launch_fwd<scalar_t>(p, data, variant,
                                         lanes_for(data, sizeof(scalar_t), width),
                                         at::cuda::getCurrentCUDAStream()));
@@ -88,7 +90,9 @@ void run_bwd<c10::DeviceType::CUDA>(const BwdResult& out, const Tensor& x, const
   const auto data = bwd_io<float>(out, x, v0, m0, ckpt, gs, gvT, gmT, o.is_clif, f);
   const KernelVariant variant = kernel_variant();
   CLIF_DISPATCH_CUDA_TYPES(x.scalar_type(), "clif_bwd_cuda", [&] {
-    const int width = variant == KernelVariant::kPrevious ? kPreviousLanes : kBwdLanes;
+    const bool fold = data.scale != nullptr || data.residual != nullptr;
+    const int width =
+        variant == KernelVariant::kPrevious && !fold ? kPreviousLanes : kBwdLanes;
     C10_CUDA_CHECK(launch_bwd<scalar_t>(p, data, variant,
                                         lanes_for(data, sizeof(scalar_t), width),
                                         at::cuda::getCurrentCUDAStream()));
