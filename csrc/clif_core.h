@@ -358,6 +358,16 @@ constexpr bool kKeepSigmoids = true;
 // segment's rows would not fit the GPU backward's registers). The public drivers branch on the
 // IO's `fold` once, so the default path's loop is the one without any of it.
 
+// Whether a FOLD driver has a residual to add (the IO of the other drivers has no such member).
+template <bool FOLD, typename IO>
+CLIF_HD bool has_residual(const IO& io) {
+  if constexpr (FOLD) {
+    return io.residual != nullptr;
+  } else {
+    return false;
+  }
+}
+
 template <bool IS_CLIF, int L, int RESET, bool PREFETCH, bool FOLD, typename acc_t,
           typename IO>
 CLIF_HD void forward_steps(const Params<acc_t>& params, int64_t T, IO& io) {
@@ -372,11 +382,13 @@ CLIF_HD void forward_steps(const Params<acc_t>& params, int64_t T, IO& io) {
   constexpr int LF = FOLD ? L : 1;
   vec_t fscale[LF], fshift[LF];
   typename IO::raw_t next_res[1];
-  const bool has_res = FOLD && io.residual != nullptr;
-  if (FOLD) io.load_affine(fscale, fshift);
+  const bool has_res = has_residual<FOLD>(io);
+  if constexpr (FOLD) io.load_affine(fscale, fshift);
   io.load_initial(v, m, p.v_init);
   if (PREFETCH && T > 0) io.load_x_raw(0, next);
-  if (PREFETCH && has_res && T > 0) io.load_res_raw(0, next_res[0]);
+  if constexpr (FOLD) {
+    if (PREFETCH && has_res && T > 0) io.load_res_raw(0, next_res[0]);
+  }
   for (int64_t t = 0; t < T; ++t) {
     if (io.save && t > 0 && t % kCkptEvery == 0) io.store_ckpt(t / kCkptEvery - 1, v, m);
     if (PREFETCH) {
@@ -387,7 +399,7 @@ CLIF_HD void forward_steps(const Params<acc_t>& params, int64_t T, IO& io) {
     } else {
       io.load_x(t, x);
     }
-    if (FOLD) {
+    if constexpr (FOLD) {
       io.apply_affine(x, fscale, fshift);
       if (has_res) {
         vec_t r[L];
@@ -430,8 +442,8 @@ CLIF_HD void backward_steps(const Params<acc_t>& params, int64_t T, IO& io) {
   vec_t gv[L], gm[L];
   constexpr int LF = FOLD ? L : 1;
   vec_t fscale[LF], fshift[LF];
-  const bool has_res = FOLD && io.residual != nullptr;
-  if (FOLD) io.load_affine(fscale, fshift);
+  const bool has_res = has_residual<FOLD>(io);
+  if constexpr (FOLD) io.load_affine(fscale, fshift);
   io.load_final_grads(gv, gm);
   for (int64_t j = (T + K - 1) / K - 1; j >= 0; --j) {
     const int64_t t0 = j * K;
@@ -472,7 +484,7 @@ CLIF_UNROLL
         } else {
           io.load_x(t0 + k, x);
         }
-        if (FOLD) {
+        if constexpr (FOLD) {
           io.apply_affine(x, fscale, fshift);
           if (has_res) {
             vec_t r[L];
@@ -559,11 +571,6 @@ struct TypedData {
   int64_t N;
   int64_t n0 = 0;
   bool save;
-  // The fold (GroupData); `fold` is whether any of it is there.
-  const acc_t *scale, *shift;
-  const scalar_t* residual;
-  int64_t inner, channels;
-  bool fold;
 
   CLIF_HD explicit TypedData(const GroupData<acc_t>& d)
       : x(static_cast<const scalar_t*>(d.x)), v0(static_cast<const scalar_t*>(d.v0)),
@@ -572,14 +579,28 @@ struct TypedData {
         spikes(static_cast<scalar_t*>(d.spikes)), vT(static_cast<scalar_t*>(d.vT)),
         mT(static_cast<scalar_t*>(d.mT)), gx(static_cast<scalar_t*>(d.gx)),
         gv0(static_cast<scalar_t*>(d.gv0)), gm0(static_cast<scalar_t*>(d.gm0)), ckpt(d.ckpt),
-        N(d.N), save(d.save), scale(d.scale), shift(d.shift),
-        residual(static_cast<const scalar_t*>(d.residual)), inner(d.inner),
-        channels(d.channels), fold(d.scale != nullptr || d.residual != nullptr) {}
+        N(d.N), save(d.save) {}
+};
+
+// The fold's inputs (GroupData's), for the IO objects of the kernels that take it (FoldIO here,
+// VecIO in clif_simd.h). Kept out of TypedData: the GPU kernels without the fold take a GroupIO
+// as their parameter, whose layout (and with it their code) stays as it was.
+template <typename scalar_t, typename acc_t>
+struct FoldData {
+  const acc_t *scale, *shift;
+  const scalar_t* residual;
+  int64_t inner, channels;
+  bool fold;  // any of it there
+
+  CLIF_HD explicit FoldData(const GroupData<acc_t>& d)
+      : scale(d.scale), shift(d.shift), residual(static_cast<const scalar_t*>(d.residual)),
+        inner(d.inner), channels(d.channels),
+        fold(d.scale != nullptr || d.residual != nullptr) {}
 
   // scale[c] and shift[c] of the W neighbouring neurons from n0 into s[W] and b[W] (1 and 0
   // without scale): one division for the first, then a walk through the layout.
   template <int W>
-  CLIF_HD void affine_of(acc_t* s, acc_t* b) const {
+  CLIF_HD void affine_of(int64_t n0, acc_t* s, acc_t* b) const {
     if (scale == nullptr) {
       for (int i = 0; i < W; ++i) {
         s[i] = acc_t(1);
@@ -611,7 +632,6 @@ struct GroupIO : TypedData<scalar_t, acc_t> {
   using Data::vT; using Data::mT; using Data::gs; using Data::gvT; using Data::gmT;
   using Data::gx; using Data::gv0; using Data::gm0; using Data::N; using Data::n0;
   using Data::save;
-  using Data::residual;
 
   CLIF_HD explicit GroupIO(const GroupData<acc_t>& d) : Data(d) {}
 
@@ -689,13 +709,27 @@ CLIF_LANES
     if (gv0) store(gv0, gv);
     if (gm0) store(gm0, gm);
   }
-  // The fold (the drivers' FOLD path only).
-  CLIF_HD void load_affine(acc_t* s, acc_t* b) const { this->template affine_of<L>(s, b); }
+};
+
+// GroupIO with the fold (the drivers' FOLD path; the CPU kernel's IO, whose drivers branch on
+// `fold` once per group).
+template <typename scalar_t, typename acc_t, int L, bool ALIGNED>
+struct FoldIO : GroupIO<scalar_t, acc_t, L, ALIGNED>, FoldData<scalar_t, acc_t> {
+  using Base = GroupIO<scalar_t, acc_t, L, ALIGNED>;
+  using Fold = FoldData<scalar_t, acc_t>;
+  using typename Base::raw_t;
+  using Base::N; using Base::n0; using Fold::residual;
+
+  CLIF_HD explicit FoldIO(const GroupData<acc_t>& d) : Base(d), Fold(d) {}
+
+  CLIF_HD void load_affine(acc_t* s, acc_t* b) const {
+    this->template affine_of<L>(n0, s, b);
+  }
   CLIF_HD void apply_affine(acc_t* u, const acc_t* s, const acc_t* b) const {
 CLIF_LANES
     for (int l = 0; l < L; ++l) u[l] = madd(u[l], s[l], b[l]);
   }
-  CLIF_HD void load_res(int64_t t, acc_t* out) const { load(residual + t * N, out); }
+  CLIF_HD void load_res(int64_t t, acc_t* out) const { this->load(residual + t * N, out); }
   CLIF_HD void load_res_raw(int64_t t, raw_t& out) const {
     out = *reinterpret_cast<const raw_t*>(residual + t * N + n0);
   }

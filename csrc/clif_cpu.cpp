@@ -68,7 +68,7 @@ void for_each_group(const GroupData<acc_t>& data, int64_t work_per_neuron,
     if constexpr (!std::is_same<Full, std::nullptr_t>::value) {
       full_groups(begin, end);
     } else {
-      GroupIO<scalar_t, acc_t, W, false> io(data);
+      FoldIO<scalar_t, acc_t, W, false> io(data);
       for (int64_t g = begin; g < end; ++g) {
         io.n0 = g * W;
         body(io);
@@ -76,7 +76,7 @@ void for_each_group(const GroupData<acc_t>& data, int64_t work_per_neuron,
     }
   });
   FlushDenormals flush;
-  GroupIO<scalar_t, acc_t, 1, false> io(data);
+  FoldIO<scalar_t, acc_t, 1, false> io(data);
   for (int64_t n = groups * W; n < N; ++n) {
     io.n0 = n;
     body(io);

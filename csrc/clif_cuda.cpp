@@ -90,9 +90,9 @@ void run_bwd<c10::DeviceType::CUDA>(const BwdResult& out, const Tensor& x, const
   const auto data = bwd_io<float>(out, x, v0, m0, ckpt, gs, gvT, gmT, o.is_clif, f);
   const KernelVariant variant = kernel_variant();
   CLIF_DISPATCH_CUDA_TYPES(x.scalar_type(), "clif_bwd_cuda", [&] {
+    // The fold's backward runs 1 neuron per thread (clif_cuda_kernels.cu).
     const bool fold = data.scale != nullptr || data.residual != nullptr;
-    const int width =
-        variant == KernelVariant::kPrevious && !fold ? kPreviousLanes : kBwdLanes;
+    const int width = fold ? 1 : variant == KernelVariant::kPrevious ? kPreviousLanes : kBwdLanes;
     C10_CUDA_CHECK(launch_bwd<scalar_t>(p, data, variant,
                                         lanes_for(data, sizeof(scalar_t), width),
                                         at::cuda::getCurrentCUDAStream()));

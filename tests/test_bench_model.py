@@ -29,7 +29,7 @@ CPU = torch.device("cpu")
 def _device_and_dtype(provider):
     """Where and in which dtype a provider's model is compared: float64 where its neuron takes
     it (no rounding to tell apart from a real difference), else float32 on its device."""
-    if provider in ("triton", "cuda"):
+    if provider.split("+")[0] in ("triton", "cuda"):
         dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         why = backends.unavailable_reason(provider, dev, torch.float32)
         return (None, why) if why else ((dev, torch.float32), None)

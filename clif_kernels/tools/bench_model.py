@@ -45,8 +45,11 @@ from ..backends import REGISTRY, resolve_backend, unavailable_reason
 from . import benchmark
 from .models import NEURON_RANGE, BasicBlock, SpikingResNet18, Stem
 
+# `<backend>+fold`: the backend's CLIF with every BN -> neuron (and BN -> + shortcut -> neuron)
+# folded into the neuron's kernels (clif_kernels.batchnorm.fold_batchnorm).
+FOLD = "+fold"
 PROVIDERS = (("naive", "compiled", "spikingjelly", "spikingjelly+memopt") + tuple(REGISTRY)
-             + ("lif",))
+             + ("lif", "cpp" + FOLD, "cuda" + FOLD))
 FUSED = benchmark.FUSED
 DTYPES = ("float32", "bfloat16")
 COLUMNS = ["device", "model", "provider", "neuron", "impl", "dtype", "T", "batch", "width", "ms",
@@ -101,6 +104,8 @@ def why_not(provider, device, dtype=torch.float32):
         return why
     if provider == "triton" and device.type != "cuda":
         return "timings of Triton's interpreter mean nothing"
+    if provider.endswith(FOLD):
+        provider = provider[:-len(FOLD)]
     if provider in REGISTRY:
         return unavailable_reason(provider, device, dtype)
     return None
@@ -120,7 +125,8 @@ def make_neuron_factory(provider, device, dtype=torch.float32):
     if provider == "lif":
         backend = resolve_backend("auto", device, dtype)
         return (lambda: LIFNode(step_mode="m", backend=backend)), backend
-    return (lambda: CLIFNode(step_mode="m", backend=provider)), provider
+    backend = provider[:-len(FOLD)] if provider.endswith(FOLD) else provider
+    return (lambda: CLIFNode(step_mode="m", backend=backend)), provider
 
 
 def reference_factory(provider):
@@ -160,6 +166,11 @@ def build(provider, device, width, seed=0, dtype=torch.float32, example=None,
         optimize_memory(model, (Stem, BasicBlock), example_forward, level=1,
                         checkpoint_budget="memory", compress=True)
         model.reset_neurons()
+    if provider.endswith(FOLD):
+        from ..batchnorm import fold_batchnorm
+        folded = fold_batchnorm(model)  # shares the model's modules and parameters
+        folded.reset_neurons, folded.neurons = model.reset_neurons, model.neurons
+        model = folded
     runner = torch.compile(model) if provider == "compiled" else model
     model.impl = impl
     return model, runner
