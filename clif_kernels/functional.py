@@ -157,7 +157,8 @@ def run(x_seq, is_clif, v0, m0, return_state, backend, opts, spike_grad=True, sc
             # and the neurons of the dims inside it (one channel's run).
             inner = 1
             if scale is not None:
-                inner = math.prod(xp.shape[2 + order.index(cdim - 1):])
+                # (with no neuron at all, any inner >= 1 describes the empty layout)
+                inner = max(math.prod(xp.shape[2 + order.index(cdim - 1):]), 1)
             res = None
             if residual is not None:
                 res = (residual if same else residual.permute(0, *[d + 1 for d in order]))
