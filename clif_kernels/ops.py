@@ -3,9 +3,16 @@ kernels and autograd.
 
 A backend is a pair of ops on the flattened problem `x: [T, N]`:
 
-    fwd(x, v0, m0, <options>, save) -> (spikes [T, N], vT [N], mT [N] or [0], ckpt)
-    bwd(x, v0, m0, ckpt, grad_spikes, grad_vT, grad_mT, <options>)
+    fwd(x, v0, m0, <options>, save, store_state=True, <fold>)
+        -> (spikes [T, N], vT [N], mT [N] or [0], ckpt)
+    bwd(x, v0, m0, ckpt, grad_spikes, grad_vT, grad_mT, <options>, <fold>)
         -> (grad_x [T, N], grad_v0 [N] or [0], grad_m0 [N] or [0])
+
+`<fold>` are `options.FOLD_ARGS`, all optional: `scale`, `shift` ([C], compute dtype),
+`residual` ([T, N]) and `inner`; the neuron then runs on u = x * scale[c] + shift[c]
+(+ residual), c = (n // inner) % C, inside the kernels (forward and the backward's recompute),
+and the backward's first output is the gradient of u. The autograd formula turns it into those
+of x, scale, shift and residual (`_fold_grads`).
 
 `<options>` are the fields of `FusedOptions`, in its order: the options of
 `options.NeuronOptions` (the surrogate as its index), then `is_clif`; the forward's last

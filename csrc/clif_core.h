@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
+#include <utility>
 
 #include "clif_params.h"
 
@@ -423,14 +424,19 @@ CLIF_LANES
   io.store_final(v, m);
 }
 
+// Whether an IO type carries the fold's inputs (FoldIO, VecIO): only those get a FOLD path.
+template <typename IO, typename = void>
+struct HasFold : std::false_type {};
+template <typename IO>
+struct HasFold<IO, std::void_t<decltype(std::declval<const IO&>().fold)>> : std::true_type {};
+
 template <bool IS_CLIF, int L, int RESET = kAnyReset, bool PREFETCH = true, typename acc_t,
           typename IO>
 CLIF_HD void forward_sequence(const Params<acc_t>& params, int64_t T, IO& io) {
-  if (io.fold) {
-    forward_steps<IS_CLIF, L, RESET, PREFETCH, true>(params, T, io);
-  } else {
-    forward_steps<IS_CLIF, L, RESET, PREFETCH, false>(params, T, io);
+  if constexpr (HasFold<IO>::value) {
+    if (io.fold) return forward_steps<IS_CLIF, L, RESET, PREFETCH, true>(params, T, io);
   }
+  forward_steps<IS_CLIF, L, RESET, PREFETCH, false>(params, T, io);
 }
 
 template <bool IS_CLIF, int L, int RESET, int SG, bool PREFETCH, bool FOLD, typename acc_t,
@@ -538,11 +544,10 @@ CLIF_LANES
 template <bool IS_CLIF, int L, int RESET = kAnyReset, int SG = kAnySurrogate,
           bool PREFETCH = true, typename acc_t, typename IO>
 CLIF_HD void backward_sequence(const Params<acc_t>& params, int64_t T, IO& io) {
-  if (io.fold) {
-    backward_steps<IS_CLIF, L, RESET, SG, PREFETCH, true>(params, T, io);
-  } else {
-    backward_steps<IS_CLIF, L, RESET, SG, PREFETCH, false>(params, T, io);
+  if constexpr (HasFold<IO>::value) {
+    if (io.fold) return backward_steps<IS_CLIF, L, RESET, SG, PREFETCH, true>(params, T, io);
   }
+  backward_steps<IS_CLIF, L, RESET, SG, PREFETCH, false>(params, T, io);
 }
 
 // ---------------------------------------------------------------------------------------------
