@@ -29,9 +29,10 @@ CPU = torch.device("cpu")
 def _device_and_dtype(provider):
     """Where and in which dtype a provider's model is compared: float64 where its neuron takes
     it (no rounding to tell apart from a real difference), else float32 on its device."""
-    if provider.split("+")[0] in ("triton", "cuda"):
+    backend = provider.split("+")[0]  # "<backend>+fold" runs the backend's kernels
+    if backend in ("triton", "cuda"):
         dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        why = backends.unavailable_reason(provider, dev, torch.float32)
+        why = backends.unavailable_reason(backend, dev, torch.float32)
         return (None, why) if why else ((dev, torch.float32), None)
     why = bm.why_not(provider, CPU, torch.float64)
     return (None, why) if why else ((CPU, torch.float64), None)
