@@ -508,3 +508,53 @@ def test_transform_leaves_other_neurons_alone():
     assert folded.folded == 0
     x = torch.randn(2, 2, 3, 4, 4)
     assert torch.equal(folded(x), net(x))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_module_keeps_no_bn_output(dtype):
+    """What autograd keeps (distinct storages, by saved_tensors_hooks): the folded module keeps
+    x once (the op and the statistics' backward share it) and [C]-sized tensors; the unfused
+    BatchNorm2d + node keep x and BN's output, T B C H W elements more (docs/memory.md)."""
+    _cpp()
+    bn, node, fused = _pair(BatchNormCLIF, 3, torch.float32, "cpp")
+    x = (torch.randn(4, 2, 3, 5, 5) * 1.5).to(dtype).requires_grad_()
+
+    def saved_bytes(fn):
+        seen = {}
+
+        def pack(t):
+            if t.numel():
+                seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            fn()
+        return sum(seen.values())
+
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        folded = saved_bytes(lambda: fused(x))
+        unfused = saved_bytes(lambda: _unfused_step(bn, node, x, None))
+    elt = x.numel() * x.element_size()
+    # x itself, plus per-channel tensors (mean, scale, shift: a few times C values).
+    assert elt <= folded <= elt + 64 * 3 * 8
+    assert unfused - folded >= elt
+
+
+def test_module_unfused_path_when_the_node_cannot_fold():
+    """A node recording per-step states cannot take the fold: the module then runs BN and the
+    node as separate calls, with the same outputs, gradients and statistics."""
+    _cpp()
+    torch.manual_seed(3)
+    a = BatchNormCLIF(3, backend="cpp").double()
+    b = BatchNormCLIF(3, backend="cpp", store_state_seqs=True).double()
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(3, 2, 3, 4, 4, dtype=torch.float64) * 2
+    r = torch.randn_like(x)
+    out = []
+    for m in (a, b):
+        xx = x.clone().requires_grad_()
+        s = m(xx, residual=r)
+        (s * torch.arange(s.numel(), dtype=s.dtype).view(s.shape).sin()).sum().backward()
+        out.append((s, xx.grad, m.weight.grad, m.running_mean.clone(), m.running_var.clone()))
+    assert b.neuron.v_seq is not None  # it did take the unfused path
+    for p, q in zip(*out):
+        assert rel_err(q, p) < RTOL[torch.float64]
