@@ -124,15 +124,45 @@ def _fold(b_x, b_fs, b_fb, res_ptr, t, T, N, p_n, mask, FOLD: tl.constexpr,
     return b_x
 
 
+# The kernels are thin entries around their bodies (`_fwd_body`, `_bwd_body`, inlined): the
+# default ones take exactly the arguments they took before the fold, whose extra parameters
+# changed ptxas's schedule of the default backward; the fold's own kernels take those.
+
 @triton.jit
 def clif_fwd_kernel(x_ptr, v0_ptr, m0_ptr, s_ptr, vT_ptr, mT_ptr, ckpt_ptr, T, N,
                     gamma, c, b, inv_tau, th, v_reset, v_init,
-                    scale_ptr, shift_ptr, res_ptr, inner, C,
                     HAS_V0: tl.constexpr, HAS_M0: tl.constexpr, HARD_RESET: tl.constexpr,
                     IS_CLIF: tl.constexpr, SAVE_CKPT: tl.constexpr, STORE_STATE: tl.constexpr,
-                    PREFETCH: tl.constexpr, K: tl.constexpr, BLOCK: tl.constexpr,
-                    FOLD: tl.constexpr = False, HAS_SCALE: tl.constexpr = False,
-                    HAS_RES: tl.constexpr = False):
+                    PREFETCH: tl.constexpr, K: tl.constexpr, BLOCK: tl.constexpr):
+    _fwd_body(x_ptr, v0_ptr, m0_ptr, s_ptr, vT_ptr, mT_ptr, ckpt_ptr, T, N,
+              gamma, c, b, inv_tau, th, v_reset, v_init, x_ptr, x_ptr, x_ptr, 1, 1,
+              HAS_V0, HAS_M0, HARD_RESET, IS_CLIF, SAVE_CKPT, STORE_STATE, PREFETCH, K, BLOCK,
+              False, False, False)
+
+
+@triton.jit
+def clif_fold_fwd_kernel(x_ptr, v0_ptr, m0_ptr, s_ptr, vT_ptr, mT_ptr, ckpt_ptr, T, N,
+                         gamma, c, b, inv_tau, th, v_reset, v_init,
+                         scale_ptr, shift_ptr, res_ptr, inner, C,
+                         HAS_V0: tl.constexpr, HAS_M0: tl.constexpr, HARD_RESET: tl.constexpr,
+                         IS_CLIF: tl.constexpr, SAVE_CKPT: tl.constexpr,
+                         STORE_STATE: tl.constexpr, PREFETCH: tl.constexpr, K: tl.constexpr,
+                         BLOCK: tl.constexpr, FOLD: tl.constexpr, HAS_SCALE: tl.constexpr,
+                         HAS_RES: tl.constexpr):
+    _fwd_body(x_ptr, v0_ptr, m0_ptr, s_ptr, vT_ptr, mT_ptr, ckpt_ptr, T, N,
+              gamma, c, b, inv_tau, th, v_reset, v_init, scale_ptr, shift_ptr, res_ptr, inner, C,
+              HAS_V0, HAS_M0, HARD_RESET, IS_CLIF, SAVE_CKPT, STORE_STATE, PREFETCH, K, BLOCK,
+              FOLD, HAS_SCALE, HAS_RES)
+
+
+@triton.jit
+def _fwd_body(x_ptr, v0_ptr, m0_ptr, s_ptr, vT_ptr, mT_ptr, ckpt_ptr, T, N,
+              gamma, c, b, inv_tau, th, v_reset, v_init,
+              scale_ptr, shift_ptr, res_ptr, inner, C,
+              HAS_V0: tl.constexpr, HAS_M0: tl.constexpr, HARD_RESET: tl.constexpr,
+              IS_CLIF: tl.constexpr, SAVE_CKPT: tl.constexpr, STORE_STATE: tl.constexpr,
+              PREFETCH: tl.constexpr, K: tl.constexpr, BLOCK: tl.constexpr,
+              FOLD: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_RES: tl.constexpr):
     pid = tl.program_id(0)
     # int64 neuron index: T * N may pass 2^31, and every address below is p_n + t * N.
     p_n = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -241,12 +271,44 @@ def _walk_step(b_h, b_mp, b_gs, b_gv, b_gm, t, T, N, gx_ptr, p_n, mask, gamma, c
 def clif_bwd_kernel(x_ptr, v0_ptr, m0_ptr, ckpt_ptr, gs_ptr, gvT_ptr, gmT_ptr,
                     gx_ptr, gv0_ptr, gm0_ptr, T, N,
                     gamma, c, b, inv_tau, th, v_reset, v_init, alpha, beta,
-                    scale_ptr, shift_ptr, res_ptr, inner, C,
                     HAS_V0: tl.constexpr, HAS_M0: tl.constexpr, HAS_GS: tl.constexpr,
                     HAS_GVT: tl.constexpr, HAS_GMT: tl.constexpr, HARD_RESET: tl.constexpr,
                     IS_CLIF: tl.constexpr, DETACH_RESET: tl.constexpr, SURROGATE: tl.constexpr,
-                    K: tl.constexpr, BLOCK: tl.constexpr, FOLD: tl.constexpr = False,
-                    HAS_SCALE: tl.constexpr = False, HAS_RES: tl.constexpr = False):
+                    K: tl.constexpr, BLOCK: tl.constexpr):
+    _bwd_body(x_ptr, v0_ptr, m0_ptr, ckpt_ptr, gs_ptr, gvT_ptr, gmT_ptr, gx_ptr, gv0_ptr,
+              gm0_ptr, T, N, gamma, c, b, inv_tau, th, v_reset, v_init, alpha, beta,
+              x_ptr, x_ptr, x_ptr, 1, 1, HAS_V0, HAS_M0, HAS_GS, HAS_GVT, HAS_GMT, HARD_RESET,
+              IS_CLIF, DETACH_RESET, SURROGATE, K, BLOCK, False, False, False)
+
+
+@triton.jit
+def clif_fold_bwd_kernel(x_ptr, v0_ptr, m0_ptr, ckpt_ptr, gs_ptr, gvT_ptr, gmT_ptr,
+                         gx_ptr, gv0_ptr, gm0_ptr, T, N,
+                         gamma, c, b, inv_tau, th, v_reset, v_init, alpha, beta,
+                         scale_ptr, shift_ptr, res_ptr, inner, C,
+                         HAS_V0: tl.constexpr, HAS_M0: tl.constexpr, HAS_GS: tl.constexpr,
+                         HAS_GVT: tl.constexpr, HAS_GMT: tl.constexpr,
+                         HARD_RESET: tl.constexpr, IS_CLIF: tl.constexpr,
+                         DETACH_RESET: tl.constexpr, SURROGATE: tl.constexpr, K: tl.constexpr,
+                         BLOCK: tl.constexpr, FOLD: tl.constexpr, HAS_SCALE: tl.constexpr,
+                         HAS_RES: tl.constexpr):
+    _bwd_body(x_ptr, v0_ptr, m0_ptr, ckpt_ptr, gs_ptr, gvT_ptr, gmT_ptr, gx_ptr, gv0_ptr,
+              gm0_ptr, T, N, gamma, c, b, inv_tau, th, v_reset, v_init, alpha, beta,
+              scale_ptr, shift_ptr, res_ptr, inner, C, HAS_V0, HAS_M0, HAS_GS, HAS_GVT,
+              HAS_GMT, HARD_RESET, IS_CLIF, DETACH_RESET, SURROGATE, K, BLOCK, FOLD, HAS_SCALE,
+              HAS_RES)
+
+
+@triton.jit
+def _bwd_body(x_ptr, v0_ptr, m0_ptr, ckpt_ptr, gs_ptr, gvT_ptr, gmT_ptr,
+              gx_ptr, gv0_ptr, gm0_ptr, T, N,
+              gamma, c, b, inv_tau, th, v_reset, v_init, alpha, beta,
+              scale_ptr, shift_ptr, res_ptr, inner, C,
+              HAS_V0: tl.constexpr, HAS_M0: tl.constexpr, HAS_GS: tl.constexpr,
+              HAS_GVT: tl.constexpr, HAS_GMT: tl.constexpr, HARD_RESET: tl.constexpr,
+              IS_CLIF: tl.constexpr, DETACH_RESET: tl.constexpr, SURROGATE: tl.constexpr,
+              K: tl.constexpr, BLOCK: tl.constexpr, FOLD: tl.constexpr,
+              HAS_SCALE: tl.constexpr, HAS_RES: tl.constexpr):
     # The segment is unrolled by hand, one register vector per step and quantity: Triton has no
     # arrays of tensors, and tiles cost layout changes. K is 8 (the launcher checks). With the
     # fold, the residual rows are loaded in the recompute, at their use (the segment's x and
@@ -495,14 +557,18 @@ def clif_fwd(x, v0, m0, o, save, store_state=True, scale=None, shift=None, resid
     previous = previous_kernels()
     block = FWD_BLOCK if previous or x.element_size() == 4 else FWD_BLOCK_16BIT
     grid = (triton.cdiv(N, block),)
-    clif_fwd_kernel[grid](
+    if fold_flags["FOLD"]:
+        kernel, extra, extra_args = clif_fold_fwd_kernel, fold_flags, fold_args
+    else:
+        kernel, extra, extra_args = clif_fwd_kernel, {}, ()
+    kernel[grid](
         x, v0 if v0 is not None else x, m0 if m0 is not None else x,
         spikes, vT if store_state else spikes, mT if is_clif and store_state else spikes,
-        ckpt if n_ck else x, T, N, *_scalars(o), *fold_args,
+        ckpt if n_ck else x, T, N, *_scalars(o), *extra_args,
         HAS_V0=v0 is not None, HAS_M0=m0 is not None and is_clif,
         HARD_RESET=o.v_reset is not None, IS_CLIF=is_clif, SAVE_CKPT=n_ck > 0,
         STORE_STATE=store_state, PREFETCH=not previous, K=CKPT_EVERY, BLOCK=block,
-        num_warps=FWD_WARPS, **fold_flags)
+        num_warps=FWD_WARPS, **extra)
     return spikes, vT, mT, ckpt
 
 
@@ -523,12 +589,13 @@ def clif_bwd(x, v0, m0, ckpt, grad_spikes, grad_vT, grad_mT, o, scale=None, shif
     if N == 0:
         return gx, gv0, gm0
     grid = (triton.cdiv(N, BWD_BLOCK),)
-    # The previous (tiled) backward has no fold: folded calls take the current one.
-    if fold_flags["FOLD"] or not previous_kernels():
-        kernel, extra = clif_bwd_kernel, dict(fold_flags)
-        extra_args = fold_args
-    else:
+    # The previous (tiled) backward has no fold: folded calls take the current design's.
+    if fold_flags["FOLD"]:
+        kernel, extra, extra_args = clif_fold_bwd_kernel, fold_flags, fold_args
+    elif previous_kernels():
         kernel, extra, extra_args = clif_bwd_tiled_kernel, {}, ()
+    else:
+        kernel, extra, extra_args = clif_bwd_kernel, {}, ()
     kernel[grid](
         x, v0 if v0 is not None else x, m0 if has_m0 else x, ckpt if ckpt.numel() else x,
         grad_spikes if grad_spikes is not None else x,

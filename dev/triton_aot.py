@@ -96,11 +96,12 @@ def fold_variants():
         for has_scale, has_res in ((True, False), (False, True), (True, True)):
             fold = dict(FOLD=True, HAS_SCALE=has_scale, HAS_RES=has_res)
             block = tk.FWD_BLOCK if dtype == "fp32" else tk.FWD_BLOCK_16BIT
-            out.append((tk.clif_fwd_kernel, dict(zip(_FWD_FLAGS, [True] * 7), K=tk.CKPT_EVERY,
-                                                 BLOCK=block, **fold), dtype, "fp32"))
-            out.append((tk.clif_bwd_kernel, dict(zip(_BWD_FLAGS, [True] * 8), SURROGATE=1,
-                                                 K=tk.CKPT_EVERY, BLOCK=tk.BWD_BLOCK, **fold),
+            out.append((tk.clif_fold_fwd_kernel, dict(zip(_FWD_FLAGS, [True] * 7),
+                                                      K=tk.CKPT_EVERY, BLOCK=block, **fold),
                         dtype, "fp32"))
+            out.append((tk.clif_fold_bwd_kernel, dict(zip(_BWD_FLAGS, [True] * 8), SURROGATE=1,
+                                                      K=tk.CKPT_EVERY, BLOCK=tk.BWD_BLOCK,
+                                                      **fold), dtype, "fp32"))
     return out
 
 
@@ -150,9 +151,8 @@ def compiled_variants(arch: int, aligned: bool = False, fold: bool = False):
     `fold`: the fold's variants too."""
     target = GPUTarget("cuda", arch, 32)
     for fn, ce, dtype, ckpt_dtype in variants() + (fold_variants() if fold else []):
-        if fn is not tk.clif_bwd_tiled_kernel and "FOLD" not in ce:  # the default path
-            ce = dict(ce, FOLD=False, HAS_SCALE=False, HAS_RES=False)
-        warps = tk.FWD_WARPS if fn is tk.clif_fwd_kernel else tk.BWD_WARPS
+        fwd = fn in (tk.clif_fwd_kernel, tk.clif_fold_fwd_kernel)
+        warps = tk.FWD_WARPS if fwd else tk.BWD_WARPS
         src = _source(fn, _signature(fn, ce, dtype, ckpt_dtype), ce, aligned)
         yield fn, ce, dtype, ckpt_dtype, triton.compile(src, target=target,
                                                           options={"num_warps": warps}), warps
