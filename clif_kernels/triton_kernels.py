@@ -33,6 +33,9 @@ FWD_BLOCK_16BIT = 2048
 # Two neurons per thread in the backward: at four, ptxas gave up to 159 registers (sm_90),
 # which caps occupancy at 3 blocks of 128 threads per SM.
 BWD_BLOCK, BWD_WARPS = 256, 4
+# One neuron per thread in the fold's backward: with the residual's rows loaded in the recompute,
+# two spilled on sm_80 (as the CUDA fold backward did at two).
+FOLD_BWD_BLOCK = 128
 
 
 @triton.jit
@@ -588,7 +591,8 @@ def clif_bwd(x, v0, m0, ckpt, grad_spikes, grad_vT, grad_mT, o, scale=None, shif
     gm0 = _empty((N if has_m0 else 0,), x.dtype, x.device)
     if N == 0:
         return gx, gv0, gm0
-    grid = (triton.cdiv(N, BWD_BLOCK),)
+    block = FOLD_BWD_BLOCK if fold_flags["FOLD"] else BWD_BLOCK
+    grid = (triton.cdiv(N, block),)
     # The previous (tiled) backward has no fold: folded calls take the current design's.
     if fold_flags["FOLD"]:
         kernel, extra, extra_args = clif_fold_bwd_kernel, fold_flags, fold_args
@@ -606,5 +610,5 @@ def clif_bwd(x, v0, m0, ckpt, grad_spikes, grad_vT, grad_mT, o, scale=None, shif
         HAS_V0=v0 is not None, HAS_M0=has_m0, HAS_GS=grad_spikes is not None,
         HAS_GVT=grad_vT is not None, HAS_GMT=grad_mT is not None and is_clif,
         HARD_RESET=o.v_reset is not None, IS_CLIF=is_clif, DETACH_RESET=o.detach_reset,
-        SURROGATE=o.surrogate, K=CKPT_EVERY, BLOCK=BWD_BLOCK, num_warps=BWD_WARPS, **extra)
+        SURROGATE=o.surrogate, K=CKPT_EVERY, BLOCK=block, num_warps=BWD_WARPS, **extra)
     return gx, gv0, gm0

@@ -100,7 +100,7 @@ def fold_variants():
                                                       K=tk.CKPT_EVERY, BLOCK=block, **fold),
                         dtype, "fp32"))
             out.append((tk.clif_fold_bwd_kernel, dict(zip(_BWD_FLAGS, [True] * 8), SURROGATE=1,
-                                                      K=tk.CKPT_EVERY, BLOCK=tk.BWD_BLOCK,
+                                                      K=tk.CKPT_EVERY, BLOCK=tk.FOLD_BWD_BLOCK,
                                                       **fold), dtype, "fp32"))
     return out
 
