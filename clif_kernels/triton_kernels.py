@@ -558,7 +558,10 @@ def clif_fwd(x, v0, m0, o, save, store_state=True, scale=None, shift=None, resid
     if N == 0:
         return spikes, vT, mT, ckpt
     previous = previous_kernels()
-    block = FWD_BLOCK if previous or x.element_size() == 4 else FWD_BLOCK_16BIT
+    # The fold's forward at four neurons per thread in every dtype: at eight (16-bit storage),
+    # their scales, shifts and residual rows spilled on sm_80.
+    block = FWD_BLOCK if previous or x.element_size() == 4 or fold_flags["FOLD"] \
+        else FWD_BLOCK_16BIT
     grid = (triton.cdiv(N, block),)
     if fold_flags["FOLD"]:
         kernel, extra, extra_args = clif_fold_fwd_kernel, fold_flags, fold_args

@@ -95,7 +95,7 @@ def fold_variants():
     for dtype in ("fp32", "bf16"):
         for has_scale, has_res in ((True, False), (False, True), (True, True)):
             fold = dict(FOLD=True, HAS_SCALE=has_scale, HAS_RES=has_res)
-            block = tk.FWD_BLOCK if dtype == "fp32" else tk.FWD_BLOCK_16BIT
+            block = tk.FWD_BLOCK  # the launcher's for the fold, every dtype
             out.append((tk.clif_fold_fwd_kernel, dict(zip(_FWD_FLAGS, [True] * 7),
                                                       K=tk.CKPT_EVERY, BLOCK=block, **fold),
                         dtype, "fp32"))
