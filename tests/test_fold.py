@@ -3,7 +3,6 @@ reference (outputs, final states and every gradient, for each fused backend), th
 name the argument, torch.compile, the BatchNormCLIF/BatchNormLIF modules against
 nn.BatchNorm2d + the node, and `fold_batchnorm` on whole models against the unfused ones."""
 import copy
-import math
 
 import pytest
 import torch
@@ -221,7 +220,8 @@ def _cpp():
     (dict(residual=torch.zeros(4, 2, 3)), "residual must have the shape of x_seq"),
     (dict(residual=torch.zeros(4, 2, 3, 5, dtype=torch.float64)), "residual must have the dtype"),
     (dict(scale=torch.ones(3), shift=torch.zeros(3), channel_dim=0), "channel_dim must name"),
-    (dict(scale=torch.ones(3), shift=torch.zeros(3), channel_dim=2.0), "channel_dim must be an int"),
+    (dict(scale=torch.ones(3), shift=torch.zeros(3), channel_dim=2.0),
+     "channel_dim must be an int"),
 ])
 def test_fold_bad_arguments_are_named(kw, match):
     with pytest.raises((ValueError, TypeError), match=match):
