@@ -123,6 +123,10 @@ def surrogate_key(sg):
             tuple(_by_value(getattr(sg, k, None)) for k in names))
 
 
+# The fold's keywords of `functional.run` that the multi-step call passes on.
+_FOLD_KEYWORDS = ("scale", "shift", "residual", "channel_dim")
+
+
 class FusedStepping:
     """The stepping logic of every neuron module here, in SpikingJelly 2.0's functional form.
 
@@ -143,22 +147,25 @@ class FusedStepping:
         return (spikes[0],), states
 
     def multi_step_functional_forward(self, inputs, states, **kwargs):
-        """A whole sequence: `inputs[0]` is `[T, N, *]`; one fused launch."""
-        return self._fused(inputs[0], states)
+        """A whole sequence: `inputs[0]` is `[T, N, *]`; one fused launch. The keywords
+        `scale`, `shift`, `residual` and `channel_dim`, when given, fold a per-channel affine map
+        and a residual into it (`functional.clif`; `clif_kernels.batchnorm` passes them)."""
+        fold = {k: kwargs[k] for k in _FOLD_KEYWORDS if k in kwargs}
+        return self._fused(inputs[0], states, **fold)
 
     def spike_grad(self):
         """Whether the spike passes its surrogate gradient in this call (the nodes here always
         do; SpikingJelly's CLIF does not in eval mode)."""
         return True
 
-    def _fused(self, x_seq, states):
+    def _fused(self, x_seq, states, **fold):
         opts = self.neuron_options()
         if self._is_clif:
             spikes, v, m = run(x_seq, True, states[0], states[1], True, self.backend, opts,
-                               self.spike_grad())
+                               self.spike_grad(), **fold)
             return (spikes,), (v, m)
         spikes, v = run(x_seq, False, states[0], None, True, self.backend, opts,
-                        self.spike_grad())
+                        self.spike_grad(), **fold)
         return (spikes,), (v,)
 
 

@@ -3,10 +3,16 @@ kernels and autograd.
 
 A backend is a pair of ops on a dense `x: [T, *]`, T steps of N = prod(*) neurons:
 
-    fwd(x, v0, m0, <options>, save, store_state)
+    fwd(x, v0, m0, <options>, save, store_state=True, <fold>)
         -> (spikes [T, *], vT [*] or [0], mT [*] or [0], ckpt)
-    bwd(x, v0, m0, ckpt, grad_spikes, grad_vT, grad_mT, <options>)
+    bwd(x, v0, m0, ckpt, grad_spikes, grad_vT, grad_mT, <options>, <fold>)
         -> (grad_x [T, *], grad_v0 [*] or [0], grad_m0 [*] or [0])
+
+`<fold>` are `options.FOLD_ARGS`, all optional: `scale`, `shift` ([C], compute dtype),
+`residual` ([T, *] like x) and `inner`; the neuron then runs on u = x * scale[c] + shift[c]
+(+ residual), c = (n // inner) % C, inside the kernels (forward and the backward's recompute),
+and the backward's first output is the gradient of u. The autograd formula turns it into those
+of x, scale, shift and residual (`_fold_grads`).
 
 `<options>` are the fields of `FusedOptions`, in its order: the options of
 `options.NeuronOptions` (the surrogate as its index), then `is_clif`; the forward's last
@@ -35,8 +41,8 @@ from typing import Callable, NamedTuple, Optional
 import torch
 from torch import Tensor
 
-from .options import DEFAULT_BETA, OP_ARGS, OP_DEFAULTS, OPTION_FIELDS, SURROGATES, make_options, \
-    n_checkpoints
+from .options import DEFAULT_BETA, FOLD_ARGS, OP_ARGS, OP_DEFAULTS, OPTION_FIELDS, SURROGATES, \
+    make_options, n_checkpoints
 from .reference import neuron_reference
 
 
@@ -58,16 +64,28 @@ def _schema_args(op):
     return ", ".join(arg(name, schema) for name, schema, ops in OP_ARGS if op in ops)
 
 
-FWD_SCHEMA = (f"(Tensor x, Tensor? v0, Tensor? m0, {_schema_args('fwd')}) "
+def _fold_default(value):
+    return "None" if value is None else repr(value)
+
+
+# The fold's arguments (options.FOLD_ARGS), last in both schemas.
+_FOLD_SCHEMA = ", ".join(f"{schema} {name}={_fold_default(d)}" for name, schema, d in FOLD_ARGS)
+FOLD_NAMES = tuple(a[0] for a in FOLD_ARGS)
+FWD_SCHEMA = (f"(Tensor x, Tensor? v0, Tensor? m0, {_schema_args('fwd')}, {_FOLD_SCHEMA}) "
               "-> (Tensor, Tensor, Tensor, Tensor)")
 BWD_SCHEMA = (f"(Tensor x, Tensor? v0, Tensor? m0, Tensor ckpt, Tensor? grad_spikes, "
-              f"Tensor? grad_vT, Tensor? grad_mT, {_schema_args('bwd')}) "
+              f"Tensor? grad_vT, Tensor? grad_mT, {_schema_args('bwd')}, {_FOLD_SCHEMA}) "
               "-> (Tensor, Tensor, Tensor)")
-# The differentiable backward (create_graph) as an op, for autograd written in C++: the
-# backward's arguments without the checkpoints; grad_v0/grad_m0 are [0] when not wanted.
+# For autograd written in C++ (csrc/clif_autograd.cpp), two parts of the formula as ops, so
+# that they are written once, here: the differentiable backward (create_graph), with the
+# backward's arguments but the checkpoints, returning the gradients of (x, v0, m0, scale,
+# shift, residual), [0] where there is none; and the fold's gradients of (x, scale, shift) from
+# that of the neuron's input u (`_fold_grads`).
 BWD_REFERENCE_SCHEMA = (f"(Tensor x, Tensor? v0, Tensor? m0, Tensor? grad_spikes, "
-                        f"Tensor? grad_vT, Tensor? grad_mT, {_schema_args('bwd')}) "
-                        "-> (Tensor, Tensor, Tensor)")
+                        f"Tensor? grad_vT, Tensor? grad_mT, {_schema_args('bwd')}, "
+                        f"{_FOLD_SCHEMA}) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)")
+FOLD_GRADS_SCHEMA = ("(Tensor grad_u, Tensor x, Tensor scale, int inner) "
+                     "-> (Tensor, Tensor, Tensor)")
 assert all(ops in (("fwd", "bwd"), ("fwd",)) for _, _, ops in OP_ARGS)
 
 
@@ -80,9 +98,55 @@ def _ckpt_dtype(x):
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
+def fold_args(values) -> dict:
+    """The fold's arguments by name from the ops' trailing positional ones (defaults filled)."""
+    out = {name: d for name, _, d in FOLD_ARGS}
+    out.update(zip(FOLD_NAMES, values))
+    return out
+
+
+def check_fold(x, scale, shift, residual, inner):
+    """What the C++ entry points check of the fold's arguments (csrc/clif_host.h,
+    check_fold), for the Triton ops and the fake kernels: each error names the argument."""
+    T, N = x.shape[0], math.prod(x.shape[1:])
+    cdt = _ckpt_dtype(x)
+    if (scale is None) != (shift is None):
+        raise ValueError("scale and shift must be given together (the folded map is "
+                         "x * scale + shift)")
+    if scale is not None:
+        C = scale.shape[0] if scale.dim() == 1 else -1
+        for name, t in (("scale", scale), ("shift", shift)):
+            if t.dim() != 1 or t.shape[0] != C or C < 1:
+                raise ValueError(f"{name} must be [C] with C >= 1 (shift as long as scale), "
+                                 f"got {tuple(t.shape)}")
+            if t.dtype != cdt:
+                raise TypeError(f"{name} must have dtype {cdt} (the compute dtype of {x.dtype} "
+                                f"input), got {t.dtype}")
+            if t.device != x.device:
+                raise ValueError(f"{name} must be on {x.device}, got {t.device}")
+            if not t.is_contiguous():
+                raise ValueError(f"{name} must be contiguous")
+        if inner < 1:
+            raise ValueError(f"inner must be >= 1, got {inner!r}")
+        if N % (C * inner):
+            raise ValueError(f"the channel layout does not match x: N = {N} neurons is not a "
+                             f"multiple of channels ({C}) x inner ({inner})")
+    if residual is not None:
+        if residual.shape != x.shape:
+            raise ValueError(f"residual must have the shape of x, {tuple(x.shape)}; got "
+                             f"{tuple(residual.shape)}")
+        if residual.dtype != x.dtype:
+            raise TypeError(f"residual must have dtype {x.dtype}, got {residual.dtype}")
+        if residual.device != x.device:
+            raise ValueError(f"residual must be on {x.device}, got {residual.device}")
+        if not residual.is_contiguous():
+            raise ValueError("residual must be contiguous")
+
+
 def _fwd_fake(x, v0, m0, *rest):
     o = FusedOptions(*rest[:_N_OPT])
     own = dict(OP_DEFAULTS, **dict(zip(FWD_ARGS, rest[_N_OPT:])))
+    check_fold(x, **fold_args(rest[_N_OPT + len(FWD_ARGS):]))
     state = x.shape[1:] if own["store_state"] else (0,)
     return (torch.empty_like(x), x.new_empty(state), x.new_empty(state if o.is_clif else (0,)),
             x.new_empty((n_checkpoints(x.shape[0]) if own["save"] else 0, 2,
@@ -90,7 +154,7 @@ def _fwd_fake(x, v0, m0, *rest):
 
 
 def _bwd_fake(x, v0, m0, ckpt, grad_spikes, grad_vT, grad_mT, *rest):
-    o = FusedOptions(*rest)
+    o = FusedOptions(*rest[:_N_OPT])
     return (torch.empty_like(x), x.new_empty(x.shape[1:] if v0 is not None else (0,)),
             x.new_empty(x.shape[1:] if (m0 is not None and o.is_clif) else (0,)))
 
@@ -98,7 +162,12 @@ def _bwd_fake(x, v0, m0, ckpt, grad_spikes, grad_vT, grad_mT, *rest):
 def _setup_context(ctx, inputs, output):
     """The formula's forward half: `inputs` are the fwd op's arguments, `output` its results."""
     x, v0, m0 = inputs[:3]
-    ctx.save_for_backward(x, v0, m0, output[3])
+    fold = inputs[3 + _N_OPT + len(FWD_ARGS):]  # empty unless the call folds
+    f = fold_args(fold)
+    # residual is kept for the recompute; scale and shift are [C].
+    ctx.save_for_backward(x, v0, m0, output[3], f["scale"], f["shift"], f["residual"])
+    ctx.inner = f["inner"]
+    ctx.folded = f["scale"] is not None or f["residual"] is not None
     ctx.options = FusedOptions(*inputs[3:3 + _N_OPT])
     ctx.n_inputs = len(inputs)
     ctx.has_v0, ctx.has_m0 = v0 is not None, m0 is not None
@@ -109,49 +178,95 @@ def _setup_context(ctx, inputs, output):
 _SURROGATE_NAMES = {i: name for name, i in SURROGATES.items()}
 
 
-def _differentiable_backward(x, v0, m0, o, grad_spikes, grad_vT, grad_mT):
+def channel_view(t, N, inner):
+    """A per-channel [C] tensor as the per-neuron [N] one of the flattened layout (neuron n
+    takes channel (n // inner) % C), differentiably."""
+    C = t.shape[0]
+    return t.view(1, C, 1).expand(N // (C * inner), C, inner).reshape(N)
+
+
+def _differentiable_backward(x, v0, m0, o, grad_spikes, grad_vT, grad_mT, scale=None,
+                             shift=None, residual=None, inner=1):
     """The first-order gradients as a differentiable function of the inputs, for a double
     backward (create_graph=True): autograd through the reference's forward. The fused
     backward kernels compute first-order gradients only, so training keeps them, and a second
-    order (gradient penalties, Hessian-vector products) gets the reference's exact answer."""
+    order (gradient penalties, Hessian-vector products) gets the reference's exact answer.
+    With the fold, the gradients of (x, v0, m0, scale, shift, residual); else of (x, v0, m0)."""
     values = {f.name: getattr(o, f.name) for f in OPTION_FIELDS}
     name = values["surrogate"] = _SURROGATE_NAMES[o.surrogate]
     if name not in DEFAULT_BETA:
         values["beta"] = None
     opts = make_options(**values)
+    inputs = (x, v0, m0) + ((scale, shift, residual)
+                            if scale is not None or residual is not None else ())
     leaves = [None if t is None or t.requires_grad else t.detach().requires_grad_()
-              for t in (x, v0, m0)]
-    xr, v0r, m0r = (t if leaf is None else leaf for t, leaf in zip((x, v0, m0), leaves))
-    spikes, vT, mT = neuron_reference(xr, opts, clif=o.is_clif, v0=v0r, m0=m0r)
+              for t in inputs]
+    xr, v0r, m0r, *fold = (t if leaf is None else leaf for t, leaf in zip(inputs, leaves))
+    kw = {}
+    if fold:
+        N = math.prod(x.shape[1:])
+        sc, sh, res = fold
+        if sc is not None:
+            kw.update(scale=channel_view(sc, N, inner).view(x.shape[1:]),
+                      shift=channel_view(sh, N, inner).view(x.shape[1:]))
+        kw["residual"] = res
+    spikes, vT, mT = neuron_reference(xr, opts, clif=o.is_clif, v0=v0r, m0=m0r, **kw)
     pairs = [(out, g) for out, g in ((spikes, grad_spikes), (vT, grad_vT),
                                      (mT, grad_mT if o.is_clif else None)) if g is not None]
-    wrt = [t for t in (xr, v0r, m0r) if t is not None]
+    wrt = [t for t in (xr, v0r, m0r, *fold) if t is not None]
     if not pairs:
-        return tuple(None if t is None else torch.zeros_like(t) for t in (x, v0, m0))
+        return tuple(None if t is None else torch.zeros_like(t) for t in inputs)
     grads = torch.autograd.grad([p[0] for p in pairs], wrt, [p[1] for p in pairs],
                                 create_graph=True, allow_unused=True)
     grads = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, wrt)]
     it = iter(grads)
-    return tuple(None if t is None else next(it) for t in (x, v0, m0))
+    return tuple(None if t is None else next(it) for t in inputs)
+
+
+def _fold_grads(grad_u, x, scale, residual, inner):
+    """The gradients of (x, scale, shift, residual) from that of u = x * scale[c] + shift[c]
+    (+ residual): torch ops on [T, N] viewed as [T, N / (C inner), C, inner]; the per-channel
+    sums accumulate in the compute dtype (scale's)."""
+    gx = gscale = gshift = None
+    if scale is not None:
+        T, N = x.shape[0], math.prod(x.shape[1:])
+        C = scale.shape[0]
+        shape = (T, N // (C * inner), C, inner)
+        gu = grad_u.view(shape).to(scale.dtype)
+        gx = (gu * scale.view(C, 1)).to(x.dtype).view(x.shape)
+        gscale = (gu * x.view(shape).to(scale.dtype)).sum((0, 1, 3))
+        gshift = gu.sum((0, 1, 3))
+    else:
+        gx = grad_u
+    return gx, gscale, gshift, grad_u if residual is not None else None
 
 
 def _backward(ctx, bwd_op, grad_spikes, grad_vT, grad_mT):
     """Gradients of every fwd argument: (x, v0, m0) through `bwd_op`, None for the rest."""
-    x, v0, m0, ckpt = ctx.saved_tensors
+    x, v0, m0, ckpt, scale, shift, residual = ctx.saved_tensors
     o = ctx.options
+    fold = (scale, shift, residual, ctx.inner) if ctx.folded else ()
     # A state the forward did not store ([0]) gets no gradient (zeros of size 0 under AOT
     # autograd).
     if grad_vT is not None and grad_vT.shape != x.shape[1:]:
         grad_vT = None
     if grad_mT is not None and grad_mT.shape != x.shape[1:]:
         grad_mT = None
+    fold_grads = ()
     if torch.is_grad_enabled():  # the engine runs backward in grad mode only for create_graph
-        gx, gv0, gm0 = _differentiable_backward(x, v0, m0, o, grad_spikes, grad_vT, grad_mT)
+        gx, gv0, gm0, *fold_grads = _differentiable_backward(
+            x, v0, m0, o, grad_spikes, grad_vT, grad_mT, *fold)
     else:
         # LIF's mT is an empty placeholder; its gradient (zeros under AOT autograd) is dropped.
         gx, gv0, gm0 = bwd_op(x, v0, m0, ckpt, _contig(grad_spikes), _contig(grad_vT),
-                              _contig(grad_mT) if o.is_clif else None, *o)
+                              _contig(grad_mT) if o.is_clif else None, *o, *fold)
+        if fold:  # gx is the gradient of u
+            gx, gscale, gshift, gres = _fold_grads(gx, x, scale, residual, ctx.inner)
+            fold_grads = (gscale, gshift, gres)
     grads = (gx, gv0 if ctx.has_v0 else None, gm0 if (ctx.has_m0 and o.is_clif) else None)
+    if fold:  # scale, shift, residual, then inner's None
+        grads = grads + (None,) * (_N_OPT + len(FWD_ARGS)) + tuple(fold_grads) + (None,)
+    grads = grads[:ctx.n_inputs]
     return grads + (None,) * (ctx.n_inputs - len(grads))
 
 
@@ -159,11 +274,20 @@ def _contig(t: Optional[Tensor]) -> Optional[Tensor]:
     return None if t is None else t.contiguous()
 
 
-def _bwd_reference(x, v0, m0, grad_spikes, grad_vT, grad_mT, *options):
+def _bwd_reference(x, v0, m0, grad_spikes, grad_vT, grad_mT, *rest):
     """`<namespace>::bwd_reference`: `_differentiable_backward` with the op's conventions."""
-    grads = _differentiable_backward(x, v0, m0, FusedOptions(*options), grad_spikes, grad_vT,
-                                     grad_mT)
+    f = fold_args(rest[_N_OPT:])
+    fold = (f["scale"], f["shift"], f["residual"], f["inner"]) \
+        if f["scale"] is not None or f["residual"] is not None else ()
+    grads = _differentiable_backward(x, v0, m0, FusedOptions(*rest[:_N_OPT]), grad_spikes,
+                                     grad_vT, grad_mT, *fold)
+    grads = tuple(grads) + (None,) * (6 - len(grads))
     return tuple(x.new_empty((0,)) if g is None else g for g in grads)
+
+
+def _fold_grads_op(grad_u, x, scale, inner):
+    """`<namespace>::fold_grads`: `_fold_grads` with a scale (the residual's is grad_u)."""
+    return _fold_grads(grad_u, x, scale, None, inner)[:3]
 
 
 def register(namespace: str, python_autograd: bool) -> OpPair:
@@ -188,8 +312,8 @@ _defined = set()
 
 def define_schemas(namespace: str, bwd_reference: bool = False):
     """Declare `<namespace>::fwd/bwd` with the schemas above (once per namespace), and with
-    `bwd_reference` the differentiable backward op that C++ autograd calls; returns the library,
-    on which Python implementations may be registered."""
+    `bwd_reference` the two ops that C++ autograd calls (bwd_reference, fold_grads); returns
+    the library, on which Python implementations may be registered."""
     if namespace not in _defined:
         lib = torch.library.Library(namespace, "FRAGMENT")
         lib.define("fwd" + FWD_SCHEMA)
@@ -197,6 +321,8 @@ def define_schemas(namespace: str, bwd_reference: bool = False):
         if bwd_reference:
             lib.define("bwd_reference" + BWD_REFERENCE_SCHEMA)
             lib.impl("bwd_reference", _bwd_reference, "CompositeImplicitAutograd")
+            lib.define("fold_grads" + FOLD_GRADS_SCHEMA)
+            lib.impl("fold_grads", _fold_grads_op, "CompositeImplicitAutograd")
         _libraries.append(lib)
         _defined.add(namespace)
     return next(lib for lib in _libraries if lib.ns == namespace)
@@ -211,10 +337,12 @@ def define(namespace: str, fwd_impl: Callable, bwd_impl: Callable, devices) -> O
 
     def fwd(x, v0, m0, *rest):
         return fwd_impl(x, v0, m0, FusedOptions(*rest[:_N_OPT]),
-                        **dict(zip(FWD_ARGS, rest[_N_OPT:])))
+                        **dict(zip(FWD_ARGS, rest[_N_OPT:])),
+                        **fold_args(rest[_N_OPT + len(FWD_ARGS):]))
 
     def bwd(x, v0, m0, ckpt, grad_spikes, grad_vT, grad_mT, *rest):
-        return bwd_impl(x, v0, m0, ckpt, grad_spikes, grad_vT, grad_mT, FusedOptions(*rest))
+        return bwd_impl(x, v0, m0, ckpt, grad_spikes, grad_vT, grad_mT,
+                        FusedOptions(*rest[:_N_OPT]), **fold_args(rest[_N_OPT:]))
 
     for device in devices:
         lib.impl("fwd", fwd, device)

@@ -114,6 +114,15 @@ CALL_ARGS = (("is_clif", "bool", ("fwd", "bwd")),
              # Whether the forward writes vT and mT: a call that returns no state asks for none,
              # and the kernels skip those stores (then [0] tensors).
              ("store_state", "bool", ("fwd",), True))
+# The folded affine map and residual, last in both ops' schemas, all optional: the neuron then
+# runs on u = x * scale[c] + shift[c] (+ residual), c = (n // inner) % len(scale) the channel of
+# flattened neuron n (a conv-BN-neuron block's normalisation and shortcut, applied in the
+# kernels' forward and again in the backward's recompute, so that nobody keeps u). scale and
+# shift are [C] in the compute dtype (fp32, or fp64 for fp64 input), residual is [T, N] like x.
+# The backward returns the gradient with respect to u; the autograd formula (ops.py) turns it
+# into those of x, scale, shift and residual. (name, schema type, default).
+FOLD_ARGS = (("scale", "Tensor?", None), ("shift", "Tensor?", None),
+             ("residual", "Tensor?", None), ("inner", "int", 1))
 # Every scalar argument of the fused ops, in order: (name, schema type, ops).
 OP_ARGS = (tuple((f.name, f.metadata["schema"], ("fwd", "bwd")) for f in OPTION_FIELDS)
            + tuple(a[:3] for a in CALL_ARGS))

@@ -65,7 +65,7 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def neuron_reference(x_seq, opts: NeuronOptions, *, clif=True, v0=None, m0=None, return_h=False,
-                     spike_grad=True):
+                     spike_grad=True, scale=None, shift=None, residual=None):
     """Run the neuron over all T steps.
 
     Args:
@@ -77,6 +77,10 @@ def neuron_reference(x_seq, opts: NeuronOptions, *, clif=True, v0=None, m0=None,
             tests use to find neurons whose spikes sit within rounding of the threshold.
         spike_grad: False fires with a plain Heaviside step, which passes no gradient (the
             potentials still do).
+        scale, shift: the folded affine map (a BatchNorm's normalisation), tensors that
+            broadcast against `x_seq[0]` in the compute dtype; residual: `[T, *]` like x_seq.
+            The neuron then runs on u_t = x_t * scale + shift (+ residual_t), computed in the
+            compute dtype.
 
     Returns:
         `(spikes [T, *] in x_seq.dtype, vT, mT)` with states in x_seq.dtype (`mT` is None for LIF),
@@ -95,7 +99,12 @@ def neuron_reference(x_seq, opts: NeuronOptions, *, clif=True, v0=None, m0=None,
     m = (m0.to(cdt) if m0 is not None else torch.zeros(shape, dtype=cdt, device=x_seq.device))
     spikes, hs = [], []
     for t in range(x_seq.shape[0]):
-        h = gamma * v + c * x_seq[t].to(cdt) + b
+        u = x_seq[t].to(cdt)
+        if scale is not None:
+            u = u * scale + shift
+        if residual is not None:
+            u = u + residual[t].to(cdt)
+        h = gamma * v + c * u + b
         if spike_grad:
             s = SpikeFn.apply(h, th, opts.surrogate, opts.alpha, opts.beta)
         else:
@@ -117,7 +126,7 @@ def neuron_reference(x_seq, opts: NeuronOptions, *, clif=True, v0=None, m0=None,
         # No step: empty spikes, still a function of the inputs (as the fused backends' are), so
         # that a loss over them backpropagates (to zero-size and zero gradients).
         spikes = x_seq.clone()
-        for s0 in (v0, m0):
+        for s0 in (v0, m0, scale, shift, residual):
             if s0 is not None and s0.requires_grad:
                 spikes = spikes + 0 * s0.to(x_seq.dtype)
         # With no step, v and m may still be the caller's v0/m0 objects: return new tensors (an

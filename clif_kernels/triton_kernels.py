@@ -34,6 +34,9 @@ FWD_BLOCK_16BIT = 2048
 # Two neurons per thread in the backward: at four, ptxas gave up to 159 registers (sm_90),
 # which caps occupancy at 3 blocks of 128 threads per SM.
 BWD_BLOCK, BWD_WARPS = 256, 4
+# One neuron per thread in the fold's backward: with the residual's rows loaded in the recompute,
+# two spilled on sm_80 (as the CUDA fold backward did at two).
+FOLD_BWD_BLOCK = 128
 
 
 @triton.jit
@@ -100,15 +103,79 @@ def _initial_state(ptr, p_n, mask, value, HAS: tl.constexpr, BLOCK: tl.constexpr
 
 
 @triton.jit
+def _affine_of(scale_ptr, shift_ptr, p_n, mask, inner, C, HAS_SCALE: tl.constexpr):
+    """The block's per-neuron scale and shift of the fold (channel (n // inner) % C), loaded
+    once per program; 1 and 0 without scale (a residual alone)."""
+    if HAS_SCALE:
+        ch = (p_n // inner) % C
+        b_fs = tl.load(scale_ptr + ch, mask=mask, other=1.0).to(tl.float32)
+        b_fb = tl.load(shift_ptr + ch, mask=mask, other=0.0).to(tl.float32)
+    else:
+        b_fs = tl.full(p_n.shape, 1.0, tl.float32)
+        b_fb = tl.zeros(p_n.shape, dtype=tl.float32)
+    return b_fs, b_fb
+
+
+@triton.jit
+def _fold(b_x, b_fs, b_fb, res_ptr, t, T, N, p_n, mask, FOLD: tl.constexpr,
+          HAS_RES: tl.constexpr, BLOCK: tl.constexpr):
+    """u = x * scale + shift (+ residual row t): the neuron's input under the fold, the same
+    code in the forward and in the backward's recompute."""
+    if FOLD:
+        b_x = b_x * b_fs + b_fb
+        if HAS_RES:
+            b_x += _segment_load(res_ptr, t, T, N, p_n, mask, True, BLOCK)
+    return b_x
+
+
+# The kernels are thin entries around their bodies (`_fwd_body`, `_bwd_body`, inlined): the
+# default ones take exactly the arguments they took before the fold, whose extra parameters
+# changed ptxas's schedule of the default backward; the fold's own kernels take those.
+
+@triton.jit
 def clif_fwd_kernel(x_ptr, v0_ptr, m0_ptr, s_ptr, vT_ptr, mT_ptr, ckpt_ptr, T, N,
                     gamma, c, b, inv_tau, th, v_reset, v_init,
                     HAS_V0: tl.constexpr, HAS_M0: tl.constexpr, HARD_RESET: tl.constexpr,
                     IS_CLIF: tl.constexpr, SAVE_CKPT: tl.constexpr, STORE_STATE: tl.constexpr,
                     PREFETCH: tl.constexpr, K: tl.constexpr, BLOCK: tl.constexpr):
+    _fwd_body(x_ptr, v0_ptr, m0_ptr, s_ptr, vT_ptr, mT_ptr, ckpt_ptr, T, N,
+              gamma, c, b, inv_tau, th, v_reset, v_init, x_ptr, x_ptr, x_ptr, 1, 1,
+              HAS_V0, HAS_M0, HARD_RESET, IS_CLIF, SAVE_CKPT, STORE_STATE, PREFETCH, K, BLOCK,
+              False, False, False)
+
+
+@triton.jit
+def clif_fold_fwd_kernel(x_ptr, v0_ptr, m0_ptr, s_ptr, vT_ptr, mT_ptr, ckpt_ptr, T, N,
+                         gamma, c, b, inv_tau, th, v_reset, v_init,
+                         scale_ptr, shift_ptr, res_ptr, inner, C,
+                         HAS_V0: tl.constexpr, HAS_M0: tl.constexpr, HARD_RESET: tl.constexpr,
+                         IS_CLIF: tl.constexpr, SAVE_CKPT: tl.constexpr,
+                         STORE_STATE: tl.constexpr, PREFETCH: tl.constexpr, K: tl.constexpr,
+                         BLOCK: tl.constexpr, FOLD: tl.constexpr, HAS_SCALE: tl.constexpr,
+                         HAS_RES: tl.constexpr):
+    _fwd_body(x_ptr, v0_ptr, m0_ptr, s_ptr, vT_ptr, mT_ptr, ckpt_ptr, T, N,
+              gamma, c, b, inv_tau, th, v_reset, v_init, scale_ptr, shift_ptr, res_ptr, inner, C,
+              HAS_V0, HAS_M0, HARD_RESET, IS_CLIF, SAVE_CKPT, STORE_STATE, PREFETCH, K, BLOCK,
+              FOLD, HAS_SCALE, HAS_RES)
+
+
+@triton.jit
+def _fwd_body(x_ptr, v0_ptr, m0_ptr, s_ptr, vT_ptr, mT_ptr, ckpt_ptr, T, N,
+              gamma, c, b, inv_tau, th, v_reset, v_init,
+              scale_ptr, shift_ptr, res_ptr, inner, C,
+              HAS_V0: tl.constexpr, HAS_M0: tl.constexpr, HARD_RESET: tl.constexpr,
+              IS_CLIF: tl.constexpr, SAVE_CKPT: tl.constexpr, STORE_STATE: tl.constexpr,
+              PREFETCH: tl.constexpr, K: tl.constexpr, BLOCK: tl.constexpr,
+              FOLD: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_RES: tl.constexpr):
     pid = tl.program_id(0)
     # int64 neuron index: T * N may pass 2^31, and every address below is p_n + t * N.
     p_n = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = p_n < N
+    if FOLD:
+        b_fs, b_fb = _affine_of(scale_ptr, shift_ptr, p_n, mask, inner, C, HAS_SCALE)
+    else:
+        b_fs = tl.zeros([BLOCK], dtype=tl.float32)
+        b_fb = b_fs
     b_v = _initial_state(v0_ptr, p_n, mask, v_init, HAS_V0, BLOCK)
     b_m = _initial_state(m0_ptr, p_n, mask, 0.0, HAS_M0, BLOCK)
     p_x = x_ptr + p_n
@@ -129,6 +196,7 @@ def clif_fwd_kernel(x_ptr, v0_ptr, m0_ptr, s_ptr, vT_ptr, mT_ptr, ckpt_ptr, T, N
             b_xn = tl.load(p_x + N, mask=mask & (t + 1 < T), other=0.0).to(tl.float32)
         else:
             b_x = tl.load(p_x, mask=mask, other=0.0).to(tl.float32)
+        b_x = _fold(b_x, b_fs, b_fb, res_ptr, t, T, N, p_n, mask, FOLD, HAS_RES, BLOCK)
         b_h, b_s, b_v, b_m = _neuron_step(b_v, b_m, b_x, gamma, c, b, inv_tau, th, v_reset,
                                           HARD_RESET, IS_CLIF)
         tl.store(p_s, b_s.to(s_ptr.dtype.element_ty), mask=mask)
@@ -211,11 +279,52 @@ def clif_bwd_kernel(x_ptr, v0_ptr, m0_ptr, ckpt_ptr, gs_ptr, gvT_ptr, gmT_ptr,
                     HAS_GVT: tl.constexpr, HAS_GMT: tl.constexpr, HARD_RESET: tl.constexpr,
                     IS_CLIF: tl.constexpr, DETACH_RESET: tl.constexpr, SURROGATE: tl.constexpr,
                     K: tl.constexpr, BLOCK: tl.constexpr):
+    _bwd_body(x_ptr, v0_ptr, m0_ptr, ckpt_ptr, gs_ptr, gvT_ptr, gmT_ptr, gx_ptr, gv0_ptr,
+              gm0_ptr, T, N, gamma, c, b, inv_tau, th, v_reset, v_init, alpha, beta,
+              x_ptr, x_ptr, x_ptr, 1, 1, HAS_V0, HAS_M0, HAS_GS, HAS_GVT, HAS_GMT, HARD_RESET,
+              IS_CLIF, DETACH_RESET, SURROGATE, K, BLOCK, False, False, False)
+
+
+@triton.jit
+def clif_fold_bwd_kernel(x_ptr, v0_ptr, m0_ptr, ckpt_ptr, gs_ptr, gvT_ptr, gmT_ptr,
+                         gx_ptr, gv0_ptr, gm0_ptr, T, N,
+                         gamma, c, b, inv_tau, th, v_reset, v_init, alpha, beta,
+                         scale_ptr, shift_ptr, res_ptr, inner, C,
+                         HAS_V0: tl.constexpr, HAS_M0: tl.constexpr, HAS_GS: tl.constexpr,
+                         HAS_GVT: tl.constexpr, HAS_GMT: tl.constexpr,
+                         HARD_RESET: tl.constexpr, IS_CLIF: tl.constexpr,
+                         DETACH_RESET: tl.constexpr, SURROGATE: tl.constexpr, K: tl.constexpr,
+                         BLOCK: tl.constexpr, FOLD: tl.constexpr, HAS_SCALE: tl.constexpr,
+                         HAS_RES: tl.constexpr):
+    _bwd_body(x_ptr, v0_ptr, m0_ptr, ckpt_ptr, gs_ptr, gvT_ptr, gmT_ptr, gx_ptr, gv0_ptr,
+              gm0_ptr, T, N, gamma, c, b, inv_tau, th, v_reset, v_init, alpha, beta,
+              scale_ptr, shift_ptr, res_ptr, inner, C, HAS_V0, HAS_M0, HAS_GS, HAS_GVT,
+              HAS_GMT, HARD_RESET, IS_CLIF, DETACH_RESET, SURROGATE, K, BLOCK, FOLD, HAS_SCALE,
+              HAS_RES)
+
+
+@triton.jit
+def _bwd_body(x_ptr, v0_ptr, m0_ptr, ckpt_ptr, gs_ptr, gvT_ptr, gmT_ptr,
+              gx_ptr, gv0_ptr, gm0_ptr, T, N,
+              gamma, c, b, inv_tau, th, v_reset, v_init, alpha, beta,
+              scale_ptr, shift_ptr, res_ptr, inner, C,
+              HAS_V0: tl.constexpr, HAS_M0: tl.constexpr, HAS_GS: tl.constexpr,
+              HAS_GVT: tl.constexpr, HAS_GMT: tl.constexpr, HARD_RESET: tl.constexpr,
+              IS_CLIF: tl.constexpr, DETACH_RESET: tl.constexpr, SURROGATE: tl.constexpr,
+              K: tl.constexpr, BLOCK: tl.constexpr, FOLD: tl.constexpr,
+              HAS_SCALE: tl.constexpr, HAS_RES: tl.constexpr):
     # The segment is unrolled by hand, one register vector per step and quantity: Triton has no
-    # arrays of tensors, and tiles cost layout changes. K is 8 (the launcher checks).
+    # arrays of tensors, and tiles cost layout changes. K is 8 (the launcher checks). With the
+    # fold, the residual rows are loaded in the recompute, at their use (the segment's x and
+    # grad_spikes rows already fill the registers).
     pid = tl.program_id(0)
     p_n = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = p_n < N
+    if FOLD:
+        b_fs, b_fb = _affine_of(scale_ptr, shift_ptr, p_n, mask, inner, C, HAS_SCALE)
+    else:
+        b_fs = tl.zeros([BLOCK], dtype=tl.float32)
+        b_fb = b_fs
     inv_alpha = 1.0 / alpha
     b_gv = _initial_state(gvT_ptr, p_n, mask, 0.0, HAS_GVT, BLOCK)
     b_gm = _initial_state(gmT_ptr, p_n, mask, 0.0, HAS_GMT, BLOCK)
@@ -254,27 +363,35 @@ def clif_bwd_kernel(x_ptr, v0_ptr, m0_ptr, ckpt_ptr, gs_ptr, gvT_ptr, gmT_ptr,
         # Recompute h_t and m_{t-1}, all the backward needs (steps past T compute on zeros and
         # are never read).
         mp0 = b_m
+        x0 = _fold(x0, b_fs, b_fb, res_ptr, t0 + 0, T, N, p_n, mask, FOLD, HAS_RES, BLOCK)
         h0, _, b_v, b_m = _neuron_step(b_v, b_m, x0, gamma, c, b, inv_tau, th, v_reset,
                                        HARD_RESET, IS_CLIF)
         mp1 = b_m
+        x1 = _fold(x1, b_fs, b_fb, res_ptr, t0 + 1, T, N, p_n, mask, FOLD, HAS_RES, BLOCK)
         h1, _, b_v, b_m = _neuron_step(b_v, b_m, x1, gamma, c, b, inv_tau, th, v_reset,
                                        HARD_RESET, IS_CLIF)
         mp2 = b_m
+        x2 = _fold(x2, b_fs, b_fb, res_ptr, t0 + 2, T, N, p_n, mask, FOLD, HAS_RES, BLOCK)
         h2, _, b_v, b_m = _neuron_step(b_v, b_m, x2, gamma, c, b, inv_tau, th, v_reset,
                                        HARD_RESET, IS_CLIF)
         mp3 = b_m
+        x3 = _fold(x3, b_fs, b_fb, res_ptr, t0 + 3, T, N, p_n, mask, FOLD, HAS_RES, BLOCK)
         h3, _, b_v, b_m = _neuron_step(b_v, b_m, x3, gamma, c, b, inv_tau, th, v_reset,
                                        HARD_RESET, IS_CLIF)
         mp4 = b_m
+        x4 = _fold(x4, b_fs, b_fb, res_ptr, t0 + 4, T, N, p_n, mask, FOLD, HAS_RES, BLOCK)
         h4, _, b_v, b_m = _neuron_step(b_v, b_m, x4, gamma, c, b, inv_tau, th, v_reset,
                                        HARD_RESET, IS_CLIF)
         mp5 = b_m
+        x5 = _fold(x5, b_fs, b_fb, res_ptr, t0 + 5, T, N, p_n, mask, FOLD, HAS_RES, BLOCK)
         h5, _, b_v, b_m = _neuron_step(b_v, b_m, x5, gamma, c, b, inv_tau, th, v_reset,
                                        HARD_RESET, IS_CLIF)
         mp6 = b_m
+        x6 = _fold(x6, b_fs, b_fb, res_ptr, t0 + 6, T, N, p_n, mask, FOLD, HAS_RES, BLOCK)
         h6, _, b_v, b_m = _neuron_step(b_v, b_m, x6, gamma, c, b, inv_tau, th, v_reset,
                                        HARD_RESET, IS_CLIF)
         mp7 = b_m
+        x7 = _fold(x7, b_fs, b_fb, res_ptr, t0 + 7, T, N, p_n, mask, FOLD, HAS_RES, BLOCK)
         h7, _, b_v, b_m = _neuron_step(b_v, b_m, x7, gamma, c, b, inv_tau, th, v_reset,
                                        HARD_RESET, IS_CLIF)
         # Walk the segment backwards (spec, Backward).
@@ -413,11 +530,25 @@ def _check_dense(**tensors):
             raise ValueError(f"{name} must be contiguous")
 
 
-def clif_fwd(x, v0, m0, o, save, store_state=True):
-    """Launch the forward on `x: [T, *]` (N = prod(*) neurons) with `o: ops.FusedOptions`.
-    Returns `(spikes [T, *], vT [*] or [0], mT [*] or [0], ckpt [n_checkpoints(T), 2, N] fp32 or
-    [0, 2, N])`."""
+def _fold_launch_args(x, scale, shift, residual, inner):
+    """The kernels' fold arguments (pointers, inner, C) and constexprs; `x` stands in for the
+    absent tensors."""
+    from .ops import check_fold
+    check_fold(x, scale, shift, residual, inner)
+    fold = scale is not None or residual is not None
+    args = (scale if scale is not None else x, shift if shift is not None else x,
+            residual if residual is not None else x, inner,
+            scale.shape[0] if scale is not None else 1)
+    return args, dict(FOLD=fold, HAS_SCALE=scale is not None, HAS_RES=residual is not None)
+
+
+def clif_fwd(x, v0, m0, o, save, store_state=True, scale=None, shift=None, residual=None,
+             inner=1):
+    """Launch the forward on `x: [T, *]` (N = prod(*) neurons) with `o: ops.FusedOptions` (and
+    the fold's arguments, options.FOLD_ARGS). Returns `(spikes [T, *], vT [*] or [0], mT [*] or [0],
+    ckpt [n_checkpoints(T), 2, N] fp32 or [0, 2, N])`."""
     _check_dense(x=x, v0=v0, m0=m0)
+    fold_args, fold_flags = _fold_launch_args(x, scale, shift, residual, inner)
     is_clif = o.is_clif
     T, N = x.shape[0], math.prod(x.shape[1:])
     spikes = _empty(x.shape, x.dtype, x.device)
@@ -428,24 +559,34 @@ def clif_fwd(x, v0, m0, o, save, store_state=True):
     if N == 0:
         return spikes, vT, mT, ckpt
     previous = previous_kernels()
-    block = FWD_BLOCK if previous or x.element_size() == 4 else FWD_BLOCK_16BIT
+    # The fold's forward at four neurons per thread in every dtype: at eight (16-bit storage),
+    # their scales, shifts and residual rows spilled on sm_80.
+    block = FWD_BLOCK if previous or x.element_size() == 4 or fold_flags["FOLD"] \
+        else FWD_BLOCK_16BIT
     grid = (triton.cdiv(N, block),)
-    clif_fwd_kernel[grid](
+    if fold_flags["FOLD"]:
+        kernel, extra, extra_args = clif_fold_fwd_kernel, fold_flags, fold_args
+    else:
+        kernel, extra, extra_args = clif_fwd_kernel, {}, ()
+    kernel[grid](
         x, v0 if v0 is not None else x, m0 if m0 is not None else x,
         spikes, vT if store_state else spikes, mT if is_clif and store_state else spikes,
-        ckpt if n_ck else x, T, N, *_scalars(o),
+        ckpt if n_ck else x, T, N, *_scalars(o), *extra_args,
         HAS_V0=v0 is not None, HAS_M0=m0 is not None and is_clif,
         HARD_RESET=o.v_reset is not None, IS_CLIF=is_clif, SAVE_CKPT=n_ck > 0,
         STORE_STATE=store_state, PREFETCH=not previous, K=CKPT_EVERY, BLOCK=block,
-        num_warps=FWD_WARPS)
+        num_warps=FWD_WARPS, **extra)
     return spikes, vT, mT, ckpt
 
 
-def clif_bwd(x, v0, m0, ckpt, grad_spikes, grad_vT, grad_mT, o):
+def clif_bwd(x, v0, m0, ckpt, grad_spikes, grad_vT, grad_mT, o, scale=None, shift=None,
+             residual=None, inner=1):
     """Launch the backward. Gradients that are None count as zero. Returns `(grad_x [T, *],
-    grad_v0 [*] or [0], grad_m0 [*] or [0])`."""
+    grad_v0 [*] or [0], grad_m0 [*] or [0])`; with the fold, grad_x is the gradient of the
+    neuron's input u."""
     _check_dense(x=x, v0=v0, m0=m0, ckpt=ckpt, grad_spikes=grad_spikes, grad_vT=grad_vT,
                  grad_mT=grad_mT)
+    fold_args, fold_flags = _fold_launch_args(x, scale, shift, residual, inner)
     is_clif = o.is_clif
     T, N = x.shape[0], math.prod(x.shape[1:])
     gx = _empty(x.shape, x.dtype, x.device)
@@ -454,17 +595,24 @@ def clif_bwd(x, v0, m0, ckpt, grad_spikes, grad_vT, grad_mT, o):
     gm0 = _empty(x.shape[1:] if has_m0 else (0,), x.dtype, x.device)
     if N == 0:
         return gx, gv0, gm0
-    grid = (triton.cdiv(N, BWD_BLOCK),)
-    kernel = clif_bwd_tiled_kernel if previous_kernels() else clif_bwd_kernel
+    block = FOLD_BWD_BLOCK if fold_flags["FOLD"] else BWD_BLOCK
+    grid = (triton.cdiv(N, block),)
+    # The previous (tiled) backward has no fold: folded calls take the current design's.
+    if fold_flags["FOLD"]:
+        kernel, extra, extra_args = clif_fold_bwd_kernel, fold_flags, fold_args
+    elif previous_kernels():
+        kernel, extra, extra_args = clif_bwd_tiled_kernel, {}, ()
+    else:
+        kernel, extra, extra_args = clif_bwd_kernel, {}, ()
     kernel[grid](
         x, v0 if v0 is not None else x, m0 if has_m0 else x, ckpt if ckpt.numel() else x,
         grad_spikes if grad_spikes is not None else x,
         grad_vT if grad_vT is not None else x,
         grad_mT if (grad_mT is not None and is_clif) else x,
         gx, gv0 if v0 is not None else gx, gm0 if has_m0 else gx, T, N,
-        *_scalars(o), o.alpha, o.beta,
+        *_scalars(o), o.alpha, o.beta, *extra_args,
         HAS_V0=v0 is not None, HAS_M0=has_m0, HAS_GS=grad_spikes is not None,
         HAS_GVT=grad_vT is not None, HAS_GMT=grad_mT is not None and is_clif,
         HARD_RESET=o.v_reset is not None, IS_CLIF=is_clif, DETACH_RESET=o.detach_reset,
-        SURROGATE=o.surrogate, K=CKPT_EVERY, BLOCK=BWD_BLOCK, num_warps=BWD_WARPS)
+        SURROGATE=o.surrogate, K=CKPT_EVERY, BLOCK=block, num_warps=BWD_WARPS, **extra)
     return gx, gv0, gm0

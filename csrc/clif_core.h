@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
+#include <utility>
 
 #include "clif_params.h"
 
@@ -351,9 +352,26 @@ constexpr bool kKeepSigmoids = true;
 // segment instead of twice per step. Without it (the previous kernels, kept for comparison) each
 // load sits right before its use.
 
-template <bool IS_CLIF, int L, int RESET = kAnyReset, bool PREFETCH = true, typename acc_t,
+//
+// FOLD: the neuron runs on u = x * scale + shift (+ residual) (GroupData's fold): the lanes'
+// scale and shift are loaded once, before the loop over time; the residual row of each step is
+// loaded with x's (prefetched in the forward, at its use in the backward's recompute, where a
+// segment's rows would not fit the GPU backward's registers). The public drivers branch on the
+// IO's `fold` once, so the default path's loop is the one without any of it.
+
+// Whether a FOLD driver has a residual to add (the IO of the other drivers has no such member).
+template <bool FOLD, typename IO>
+CLIF_HD bool has_residual(const IO& io) {
+  if constexpr (FOLD) {
+    return io.residual != nullptr;
+  } else {
+    return false;
+  }
+}
+
+template <bool IS_CLIF, int L, int RESET, bool PREFETCH, bool FOLD, typename acc_t,
           typename IO>
-CLIF_HD void forward_sequence(const Params<acc_t>& params, int64_t T, IO& io) {
+CLIF_HD void forward_steps(const Params<acc_t>& params, int64_t T, IO& io) {
   // A private copy: the compiler cannot prove that the output stores leave `params` alone, and
   // would reload it (and keep its branches) inside the lane loops.
   const Params<acc_t> p = params;
@@ -362,8 +380,16 @@ CLIF_HD void forward_sequence(const Params<acc_t>& params, int64_t T, IO& io) {
   // The next step's row as loaded (storage type): converted only when used, so that the
   // conversion does not wait for the load.
   typename IO::raw_t next;
+  constexpr int LF = FOLD ? L : 1;
+  vec_t fscale[LF], fshift[LF];
+  typename IO::raw_t next_res[1];
+  const bool has_res = has_residual<FOLD>(io);
+  if constexpr (FOLD) io.load_affine(fscale, fshift);
   io.load_initial(v, m, p.v_init);
   if (PREFETCH && T > 0) io.load_x_raw(0, next);
+  if constexpr (FOLD) {
+    if (PREFETCH && has_res && T > 0) io.load_res_raw(0, next_res[0]);
+  }
   for (int64_t t = 0; t < T; ++t) {
     if (io.save && t > 0 && t % kCkptEvery == 0) io.store_ckpt(t / kCkptEvery - 1, v, m);
     if (PREFETCH) {
@@ -373,6 +399,20 @@ CLIF_HD void forward_sequence(const Params<acc_t>& params, int64_t T, IO& io) {
       io.load_x_raw(t + 1 < T ? t + 1 : t, next);
     } else {
       io.load_x(t, x);
+    }
+    if constexpr (FOLD) {
+      io.apply_affine(x, fscale, fshift);
+      if (has_res) {
+        vec_t r[L];
+        if (PREFETCH) {
+          io.unpack(next_res[0], r);
+          io.load_res_raw(t + 1 < T ? t + 1 : t, next_res[0]);
+        } else {
+          io.load_res(t, r);
+        }
+CLIF_LANES
+        for (int l = 0; l < L; ++l) x[l] = x[l] + r[l];
+      }
     }
 CLIF_LANES
     for (int l = 0; l < L; ++l) {
@@ -384,13 +424,32 @@ CLIF_LANES
   io.store_final(v, m);
 }
 
-template <bool IS_CLIF, int L, int RESET = kAnyReset, int SG = kAnySurrogate,
-          bool PREFETCH = true, typename acc_t, typename IO>
-CLIF_HD void backward_sequence(const Params<acc_t>& params, int64_t T, IO& io) {
-  const Params<acc_t> p = params;  // see forward_sequence
+// Whether an IO type carries the fold's inputs (FoldIO, VecIO): only those get a FOLD path.
+template <typename IO, typename = void>
+struct HasFold : std::false_type {};
+template <typename IO>
+struct HasFold<IO, std::void_t<decltype(std::declval<const IO&>().fold)>> : std::true_type {};
+
+template <bool IS_CLIF, int L, int RESET = kAnyReset, bool PREFETCH = true, typename acc_t,
+          typename IO>
+CLIF_HD void forward_sequence(const Params<acc_t>& params, int64_t T, IO& io) {
+  if constexpr (HasFold<IO>::value) {
+    if (io.fold) return forward_steps<IS_CLIF, L, RESET, PREFETCH, true>(params, T, io);
+  }
+  forward_steps<IS_CLIF, L, RESET, PREFETCH, false>(params, T, io);
+}
+
+template <bool IS_CLIF, int L, int RESET, int SG, bool PREFETCH, bool FOLD, typename acc_t,
+          typename IO>
+CLIF_HD void backward_steps(const Params<acc_t>& params, int64_t T, IO& io) {
+  const Params<acc_t> p = params;  // see forward_steps
   using vec_t = typename IO::vec_t;
   constexpr int K = kCkptEvery;
   vec_t gv[L], gm[L];
+  constexpr int LF = FOLD ? L : 1;
+  vec_t fscale[LF], fshift[LF];
+  const bool has_res = has_residual<FOLD>(io);
+  if constexpr (FOLD) io.load_affine(fscale, fshift);
   io.load_final_grads(gv, gm);
   for (int64_t j = (T + K - 1) / K - 1; j >= 0; --j) {
     const int64_t t0 = j * K;
@@ -430,6 +489,15 @@ CLIF_UNROLL
           io.unpack(XR[PREFETCH ? k : 0], x);
         } else {
           io.load_x(t0 + k, x);
+        }
+        if constexpr (FOLD) {
+          io.apply_affine(x, fscale, fshift);
+          if (has_res) {
+            vec_t r[L];
+            io.load_res(t0 + k, r);
+CLIF_LANES
+            for (int l = 0; l < L; ++l) x[l] = x[l] + r[l];
+          }
         }
 CLIF_LANES
         for (int l = 0; l < L; ++l) {
@@ -473,6 +541,15 @@ CLIF_LANES
   io.store_initial_grads(gv, gm);
 }
 
+template <bool IS_CLIF, int L, int RESET = kAnyReset, int SG = kAnySurrogate,
+          bool PREFETCH = true, typename acc_t, typename IO>
+CLIF_HD void backward_sequence(const Params<acc_t>& params, int64_t T, IO& io) {
+  if constexpr (HasFold<IO>::value) {
+    if (io.fold) return backward_steps<IS_CLIF, L, RESET, SG, PREFETCH, true>(params, T, io);
+  }
+  backward_steps<IS_CLIF, L, RESET, SG, PREFETCH, false>(params, T, io);
+}
+
 // ---------------------------------------------------------------------------------------------
 // The IO both kernels use: a group of L neighbouring neurons starting at n0 of rows of length N.
 // With ALIGNED, a group's L values are loaded and stored as one vector (16 bytes for L = 4 fp32),
@@ -508,6 +585,45 @@ struct TypedData {
         mT(static_cast<scalar_t*>(d.mT)), gx(static_cast<scalar_t*>(d.gx)),
         gv0(static_cast<scalar_t*>(d.gv0)), gm0(static_cast<scalar_t*>(d.gm0)), ckpt(d.ckpt),
         N(d.N), save(d.save) {}
+};
+
+// The fold's inputs (GroupData's), for the IO objects of the kernels that take it (FoldIO here,
+// VecIO in clif_simd.h). Kept out of TypedData: the GPU kernels without the fold take a GroupIO
+// as their parameter, whose layout (and with it their code) stays as it was.
+template <typename scalar_t, typename acc_t>
+struct FoldData {
+  const acc_t *scale, *shift;
+  const scalar_t* residual;
+  int64_t inner, channels;
+  bool fold;  // any of it there
+
+  CLIF_HD explicit FoldData(const GroupData<acc_t>& d)
+      : scale(d.scale), shift(d.shift), residual(static_cast<const scalar_t*>(d.residual)),
+        inner(d.inner), channels(d.channels),
+        fold(d.scale != nullptr || d.residual != nullptr) {}
+
+  // scale[c] and shift[c] of the W neighbouring neurons from n0 into s[W] and b[W] (1 and 0
+  // without scale): one division for the first, then a walk through the layout.
+  template <int W>
+  CLIF_HD void affine_of(int64_t n0, acc_t* s, acc_t* b) const {
+    if (scale == nullptr) {
+      for (int i = 0; i < W; ++i) {
+        s[i] = acc_t(1);
+        b[i] = acc_t(0);
+      }
+      return;
+    }
+    const int64_t q = n0 / inner;
+    int64_t r = n0 - q * inner, c = q % channels;
+    for (int i = 0; i < W; ++i) {
+      s[i] = scale[c];
+      b[i] = shift[c];
+      if (++r == inner) {
+        r = 0;
+        if (++c == channels) c = 0;
+      }
+    }
+  }
 };
 
 // The IO of a group of L neighbouring neurons, one per lane.
@@ -597,6 +713,30 @@ CLIF_LANES
   CLIF_HD void store_initial_grads(const acc_t* gv, const acc_t* gm) const {
     if (gv0) store(gv0, gv);
     if (gm0) store(gm0, gm);
+  }
+};
+
+// GroupIO with the fold (the drivers' FOLD path; the CPU kernel's IO, whose drivers branch on
+// `fold` once per group).
+template <typename scalar_t, typename acc_t, int L, bool ALIGNED>
+struct FoldIO : GroupIO<scalar_t, acc_t, L, ALIGNED>, FoldData<scalar_t, acc_t> {
+  using Base = GroupIO<scalar_t, acc_t, L, ALIGNED>;
+  using Fold = FoldData<scalar_t, acc_t>;
+  using typename Base::raw_t;
+  using Base::N; using Base::n0; using Fold::residual;
+
+  CLIF_HD explicit FoldIO(const GroupData<acc_t>& d) : Base(d), Fold(d) {}
+
+  CLIF_HD void load_affine(acc_t* s, acc_t* b) const {
+    this->template affine_of<L>(n0, s, b);
+  }
+  CLIF_HD void apply_affine(acc_t* u, const acc_t* s, const acc_t* b) const {
+CLIF_LANES
+    for (int l = 0; l < L; ++l) u[l] = madd(u[l], s[l], b[l]);
+  }
+  CLIF_HD void load_res(int64_t t, acc_t* out) const { this->load(residual + t * N, out); }
+  CLIF_HD void load_res_raw(int64_t t, raw_t& out) const {
+    out = *reinterpret_cast<const raw_t*>(residual + t * N + n0);
   }
 };
 

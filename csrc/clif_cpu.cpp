@@ -68,7 +68,7 @@ void for_each_group(const GroupData<acc_t>& data, int64_t work_per_neuron,
     if constexpr (!std::is_same<Full, std::nullptr_t>::value) {
       full_groups(begin, end);
     } else {
-      GroupIO<scalar_t, acc_t, W, false> io(data);
+      FoldIO<scalar_t, acc_t, W, false> io(data);
       for (int64_t g = begin; g < end; ++g) {
         io.n0 = g * W;
         body(io);
@@ -76,7 +76,7 @@ void for_each_group(const GroupData<acc_t>& data, int64_t work_per_neuron,
     }
   });
   FlushDenormals flush;
-  GroupIO<scalar_t, acc_t, 1, false> io(data);
+  FoldIO<scalar_t, acc_t, 1, false> io(data);
   for (int64_t n = groups * W; n < N; ++n) {
     io.n0 = n;
     body(io);
@@ -143,10 +143,11 @@ c10::Allocator* output_allocator<c10::DeviceType::CPU>() {
 
 template <>
 void run_fwd<c10::DeviceType::CPU>(const FwdResult& out, const Tensor& x, const OptTensor& v0,
-                                   const OptTensor& m0, const OpOptions& o) {
+                                   const OptTensor& m0, const OpOptions& o, const Fold& f) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "clif_fwd_cpu", [&] {
     using acc_t = acc_type<scalar_t>;
-    run_cpu<false, scalar_t>(make_params<acc_t>(o), fwd_io<acc_t>(out, x, v0, m0, o.is_clif));
+    run_cpu<false, scalar_t>(make_params<acc_t>(o),
+                             fwd_io<acc_t>(out, x, v0, m0, o.is_clif, f));
   });
 }
 
@@ -154,11 +155,11 @@ template <>
 void run_bwd<c10::DeviceType::CPU>(const BwdResult& out, const Tensor& x, const OptTensor& v0,
                                    const OptTensor& m0, const Tensor& ckpt, const OptTensor& gs,
                                    const OptTensor& gvT, const OptTensor& gmT,
-                                   const OpOptions& o) {
+                                   const OpOptions& o, const Fold& f) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "clif_bwd_cpu", [&] {
     using acc_t = acc_type<scalar_t>;
     run_cpu<true, scalar_t>(make_params<acc_t>(o),
-                            bwd_io<acc_t>(out, x, v0, m0, ckpt, gs, gvT, gmT, o.is_clif));
+                            bwd_io<acc_t>(out, x, v0, m0, ckpt, gs, gvT, gmT, o.is_clif, f));
   });
 }
 

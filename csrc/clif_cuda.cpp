@@ -45,7 +45,8 @@ int lanes_for(const GroupData<float>& d, size_t elt, int width) {
   const bool ok = d.N % width == 0 && aligned(d.x, b) && aligned(d.v0, b) && aligned(d.m0, b) &&
                   aligned(d.spikes, b) && aligned(d.vT, b) && aligned(d.mT, b) &&
                   aligned(d.gs, b) && aligned(d.gvT, b) && aligned(d.gmT, b) &&
-                  aligned(d.gx, b) && aligned(d.gv0, b) && aligned(d.gm0, b);
+                  aligned(d.gx, b) && aligned(d.gv0, b) && aligned(d.gm0, b) &&
+                  aligned(d.residual, b);
   return ok ? width : 1;
 }
 
@@ -63,14 +64,16 @@ c10::Allocator* output_allocator<c10::DeviceType::CUDA>() {
 
 template <>
 void run_fwd<c10::DeviceType::CUDA>(const FwdResult& out, const Tensor& x, const OptTensor& v0,
-                                    const OptTensor& m0, const OpOptions& o) {
+                                    const OptTensor& m0, const OpOptions& o, const Fold& f) {
   const c10::cuda::CUDAGuard guard(x.device());
   const auto p = make_params<float>(o);
-  const auto data = fwd_io<float>(out, x, v0, m0, o.is_clif);
+  const auto data = fwd_io<float>(out, x, v0, m0, o.is_clif, f);
   const KernelVariant variant = kernel_variant();
   CLIF_DISPATCH_CUDA_TYPES(x.scalar_type(), "clif_fwd_cuda", [&] {
+    // The fold has kernels of the current design only.
+    const bool fold = data.scale != nullptr || data.residual != nullptr;
     const int width =
-        variant == KernelVariant::kPrevious ? kPreviousLanes : kFwdLanes;
+        variant == KernelVariant::kPrevious && !fold ? kPreviousLanes : kFwdLanes;
     C10_CUDA_CHECK(launch_fwd<scalar_t>(p, data, variant,
                                         lanes_for(data, sizeof(scalar_t), width),
                                         at::cuda::getCurrentCUDAStream()));
@@ -81,13 +84,15 @@ template <>
 void run_bwd<c10::DeviceType::CUDA>(const BwdResult& out, const Tensor& x, const OptTensor& v0,
                                     const OptTensor& m0, const Tensor& ckpt, const OptTensor& gs,
                                     const OptTensor& gvT, const OptTensor& gmT,
-                                    const OpOptions& o) {
+                                    const OpOptions& o, const Fold& f) {
   const c10::cuda::CUDAGuard guard(x.device());
   const auto p = make_params<float>(o);
-  const auto data = bwd_io<float>(out, x, v0, m0, ckpt, gs, gvT, gmT, o.is_clif);
+  const auto data = bwd_io<float>(out, x, v0, m0, ckpt, gs, gvT, gmT, o.is_clif, f);
   const KernelVariant variant = kernel_variant();
   CLIF_DISPATCH_CUDA_TYPES(x.scalar_type(), "clif_bwd_cuda", [&] {
-    const int width = variant == KernelVariant::kPrevious ? kPreviousLanes : kBwdLanes;
+    // The fold's backward runs 1 neuron per thread (clif_cuda_kernels.cu).
+    const bool fold = data.scale != nullptr || data.residual != nullptr;
+    const int width = fold ? 1 : variant == KernelVariant::kPrevious ? kPreviousLanes : kBwdLanes;
     C10_CUDA_CHECK(launch_bwd<scalar_t>(p, data, variant,
                                         lanes_for(data, sizeof(scalar_t), width),
                                         at::cuda::getCurrentCUDAStream()));

@@ -113,6 +113,50 @@ struct OpOptions {
 #define CLIF_OPTION_PARAM(type, name) , type name
 #define CLIF_OPTION_INIT(type, name) name,
 
+// The fold's arguments, last in both ops (clif_kernels/options.py, FOLD_ARGS): the neuron runs on
+// u = x * scale[c] + shift[c] (+ residual), c = (n / inner) % scale.size(0).
+struct Fold {
+  const OptTensor& scale;
+  const OptTensor& shift;
+  const OptTensor& residual;
+  int64_t inner;
+};
+
+// What clif_kernels/ops.py's check_fold checks too (the Triton ops and the fake kernels), with
+// the same messages.
+inline void check_fold(const Fold& f, const Tensor& x) {
+  TORCH_CHECK(f.scale.has_value() == f.shift.has_value(),
+              "scale and shift must be given together (the folded map is x * scale + shift)");
+  if (f.scale.has_value()) {
+    const int64_t C = f.scale->dim() == 1 ? f.scale->size(0) : -1;
+    const auto check_one = [&](const char* name, const Tensor& t) {
+      TORCH_CHECK(t.dim() == 1 && t.size(0) == C && C >= 1, name,
+                  " must be [C] with C >= 1 (shift as long as scale), got ", t.sizes());
+      TORCH_CHECK(t.scalar_type() == ckpt_dtype(x), name, " must have dtype ", ckpt_dtype(x),
+                  " (the compute dtype of ", x.scalar_type(), " input), got ", t.scalar_type());
+      TORCH_CHECK(t.device() == x.device(), name, " must be on ", x.device(), ", got ",
+                  t.device());
+      TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
+    };
+    check_one("scale", *f.scale);
+    check_one("shift", *f.shift);
+    TORCH_CHECK(f.inner >= 1, "inner must be >= 1, got ", f.inner);
+    TORCH_CHECK(n_neurons(x) % (C * f.inner) == 0, "the channel layout does not match x: N = ",
+                n_neurons(x), " neurons is not a multiple of channels (", C, ") x inner (",
+                f.inner, ")");
+  }
+  if (f.residual.has_value()) {
+    const Tensor& r = *f.residual;
+    TORCH_CHECK(r.sizes() == x.sizes(), "residual must have shape ", x.sizes(), ", got ",
+                r.sizes());
+    TORCH_CHECK(r.scalar_type() == x.scalar_type(), "residual must have dtype ",
+                x.scalar_type(), ", got ", r.scalar_type());
+    TORCH_CHECK(r.device() == x.device(), "residual must be on ", x.device(), ", got ",
+                r.device());
+    TORCH_CHECK(r.is_contiguous(), "residual must be contiguous");
+  }
+}
+
 inline void check_options(const OpOptions& o) {
   TORCH_CHECK(std::isfinite(o.tau) && o.tau > 0, "tau must be finite and > 0, got ", o.tau);
   TORCH_CHECK(std::isfinite(o.v_threshold), "v_threshold must be finite, got ", o.v_threshold);
@@ -154,12 +198,13 @@ Params<acc_t> make_params(const OpOptions& o) {
 // [0] (LIF), and the fp32 checkpoints [n_checkpoints(T), 2, N] (or [0, 2, N] without `save`);
 // vT and mT are [0] without `store_state`.
 inline FwdResult prepare_fwd(const Tensor& x, const OptTensor& v0, const OptTensor& m0,
-                             const OpOptions& o, bool save, bool store_state,
+                             const OpOptions& o, bool save, bool store_state, const Fold& f,
                              c10::DeviceType device, c10::Allocator* host_cache) {
   check_x(x, device);
   check_state("v0", v0, x);
   check_state("m0", m0, x);
   check_options(o);
+  check_fold(f, x);
   const int64_t T = x.size(0), N = n_neurons(x);
   // [0]: nobody asked for the final states (or LIF's mT).
   const at::IntArrayRef none = placeholder_shape();
@@ -184,12 +229,13 @@ inline void check_grad(const char* name, const OptTensor& g, at::IntArrayRef sha
 // [0].
 inline BwdResult prepare_bwd(const Tensor& x, const OptTensor& v0, const OptTensor& m0,
                              const Tensor& ckpt, const OptTensor& gs, const OptTensor& gvT,
-                             const OptTensor& gmT, const OpOptions& o, c10::DeviceType device,
-                             c10::Allocator* host_cache) {
+                             const OptTensor& gmT, const OpOptions& o, const Fold& f,
+                             c10::DeviceType device, c10::Allocator* host_cache) {
   check_x(x, device);
   check_state("v0", v0, x);
   check_state("m0", m0, x);
   check_options(o);
+  check_fold(f, x);
   const int64_t T = x.size(0), N = n_neurons(x);
   check_grad("grad_spikes", gs, x.sizes(), x);
   check_grad("grad_vT", gvT, state_shape(x), x);
@@ -214,7 +260,7 @@ inline const void* opt_ptr(const OptTensor& t) {
 // Where one launch reads and writes: the inputs both passes share, then each pass's own.
 template <typename acc_t>
 GroupData<acc_t> common_io(const Tensor& x, const OptTensor& v0, const OptTensor& m0,
-                           const Tensor& ckpt, bool is_clif) {
+                           const Tensor& ckpt, bool is_clif, const Fold& f) {
   GroupData<acc_t> io{};
   io.x = x.data_ptr();
   io.v0 = opt_ptr(v0);
@@ -222,13 +268,18 @@ GroupData<acc_t> common_io(const Tensor& x, const OptTensor& v0, const OptTensor
   io.ckpt = ckpt.numel() ? ckpt.data_ptr<acc_t>() : nullptr;
   io.T = x.size(0);
   io.N = n_neurons(x);
+  io.scale = f.scale.has_value() ? f.scale->data_ptr<acc_t>() : nullptr;
+  io.shift = f.shift.has_value() ? f.shift->data_ptr<acc_t>() : nullptr;
+  io.residual = opt_ptr(f.residual);
+  io.inner = f.inner;
+  io.channels = f.scale.has_value() ? f.scale->size(0) : 1;
   return io;
 }
 
 template <typename acc_t>
 GroupData<acc_t> fwd_io(const FwdResult& out, const Tensor& x, const OptTensor& v0,
-                        const OptTensor& m0, bool is_clif) {
-  auto io = common_io<acc_t>(x, v0, m0, std::get<3>(out), is_clif);
+                        const OptTensor& m0, bool is_clif, const Fold& f) {
+  auto io = common_io<acc_t>(x, v0, m0, std::get<3>(out), is_clif, f);
   io.spikes = std::get<0>(out).data_ptr();
   // Null when not stored: the kernels then skip those stores.
   io.vT = std::get<1>(out).numel() ? std::get<1>(out).data_ptr() : nullptr;
@@ -240,8 +291,9 @@ GroupData<acc_t> fwd_io(const FwdResult& out, const Tensor& x, const OptTensor& 
 template <typename acc_t>
 GroupData<acc_t> bwd_io(const BwdResult& out, const Tensor& x, const OptTensor& v0,
                         const OptTensor& m0, const Tensor& ckpt, const OptTensor& gs,
-                        const OptTensor& gvT, const OptTensor& gmT, bool is_clif) {
-  auto io = common_io<acc_t>(x, v0, m0, ckpt, is_clif);
+                        const OptTensor& gvT, const OptTensor& gmT, bool is_clif,
+                        const Fold& f) {
+  auto io = common_io<acc_t>(x, v0, m0, ckpt, is_clif, f);
   io.gs = opt_ptr(gs);
   io.gvT = opt_ptr(gvT);
   io.gmT = is_clif ? opt_ptr(gmT) : nullptr;
@@ -262,29 +314,35 @@ c10::Allocator* output_allocator();
 // Runs the kernels on checked inputs and allocated outputs.
 template <c10::DeviceType D>
 void run_fwd(const FwdResult& out, const Tensor& x, const OptTensor& v0, const OptTensor& m0,
-             const OpOptions& o);
+             const OpOptions& o, const Fold& f);
 template <c10::DeviceType D>
 void run_bwd(const BwdResult& out, const Tensor& x, const OptTensor& v0, const OptTensor& m0,
              const Tensor& ckpt, const OptTensor& gs, const OptTensor& gvT, const OptTensor& gmT,
-             const OpOptions& o);
+             const OpOptions& o, const Fold& f);
+
+// The fold's parameters (FOLD_ARGS), after the options and the forward's own arguments.
+#define CLIF_FOLD_PARAMS \
+  const OptTensor &scale, const OptTensor &shift, const OptTensor &residual, int64_t inner
 
 template <c10::DeviceType D>
 FwdResult fwd_op(const Tensor& x, const OptTensor& v0,
                  const OptTensor& m0 CLIF_OP_OPTIONS(CLIF_OPTION_PARAM), bool save,
-                 bool store_state) {
+                 bool store_state, CLIF_FOLD_PARAMS) {
   const OpOptions o{CLIF_OP_OPTIONS(CLIF_OPTION_INIT)};
-  FwdResult out = prepare_fwd(x, v0, m0, o, save, store_state, D, output_allocator<D>());
-  run_fwd<D>(out, x, v0, m0, o);
+  const Fold f{scale, shift, residual, inner};
+  FwdResult out = prepare_fwd(x, v0, m0, o, save, store_state, f, D, output_allocator<D>());
+  run_fwd<D>(out, x, v0, m0, o, f);
   return out;
 }
 
 template <c10::DeviceType D>
 BwdResult bwd_op(const Tensor& x, const OptTensor& v0, const OptTensor& m0, const Tensor& ckpt,
                  const OptTensor& gs, const OptTensor& gvT,
-                 const OptTensor& gmT CLIF_OP_OPTIONS(CLIF_OPTION_PARAM)) {
+                 const OptTensor& gmT CLIF_OP_OPTIONS(CLIF_OPTION_PARAM), CLIF_FOLD_PARAMS) {
   const OpOptions o{CLIF_OP_OPTIONS(CLIF_OPTION_INIT)};
-  BwdResult out = prepare_bwd(x, v0, m0, ckpt, gs, gvT, gmT, o, D, output_allocator<D>());
-  run_bwd<D>(out, x, v0, m0, ckpt, gs, gvT, gmT, o);
+  const Fold f{scale, shift, residual, inner};
+  BwdResult out = prepare_bwd(x, v0, m0, ckpt, gs, gvT, gmT, o, f, D, output_allocator<D>());
+  run_bwd<D>(out, x, v0, m0, ckpt, gs, gvT, gmT, o, f);
   return out;
 }
 

@@ -59,6 +59,14 @@ struct GroupData {
   int64_t T;
   int64_t N;
   bool save;  // the forward stores checkpoints
+  // The fold, both passes (clif_kernels/options.py, FOLD_ARGS): the neuron runs on
+  // u = x * scale[c] + shift[c] (+ residual), c = (n / inner) % channels for neuron n. All null
+  // on the default path, which the drivers branch away from once, before the loop over time.
+  const acc_t* scale;     // [channels] or null (then shift is too)
+  const acc_t* shift;     // [channels] or null
+  const void* residual;   // [T, N] in the storage type, or null
+  int64_t inner;          // neurons per channel run (the product of the dims after the channel)
+  int64_t channels;
 };
 
 }  // namespace clif

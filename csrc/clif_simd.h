@@ -254,7 +254,8 @@ CLIF_VEC void store16(typename StorageTraits<S>::type* p, __m512 v) {
 // n0 (the same methods as GroupIO, clif_core.h). Register i of lane l holds neurons
 // n0 + 16 (K l + i) .. + 15. Checkpoints are fp32.
 template <Storage S, int K, int L, bool STREAM>
-struct VecIO : TypedData<typename StorageTraits<S>::type, float> {
+struct VecIO : TypedData<typename StorageTraits<S>::type, float>,
+               FoldData<typename StorageTraits<S>::type, float> {
   using scalar_t = typename StorageTraits<S>::type;
   using vec_t = Vec<K>;
   static constexpr int lanes = L;
@@ -269,7 +270,8 @@ struct VecIO : TypedData<typename StorageTraits<S>::type, float> {
   using Data::vT; using Data::mT; using Data::gs; using Data::gvT; using Data::gmT;
   using Data::gx; using Data::gv0; using Data::gm0; using Data::N; using Data::n0;
 
-  explicit VecIO(const GroupData<float>& d) : Data(d) {}
+  using Fold = FoldData<scalar_t, float>;
+  explicit VecIO(const GroupData<float>& d) : Data(d), Fold(d) {}
 
   void load(const scalar_t* row, vec_t* out) const {
     for (int l = 0; l < L; ++l) {
@@ -346,6 +348,26 @@ struct VecIO : TypedData<typename StorageTraits<S>::type, float> {
     if (gv0) store<false>(gv0, gv);
     if (gm0) store<false>(gm0, gm);
   }
+  // The fold (the drivers' FOLD path only): the group's per-neuron scale and shift, gathered
+  // once per group from the channels' values.
+  void load_affine(vec_t* s, vec_t* b) const {
+    alignas(64) float sv[width], bv[width];
+    this->template affine_of<width>(n0, sv, bv);
+    for (int l = 0; l < L; ++l) {
+      CLIF_EACH {
+        s[l].v[i] = _mm512_load_ps(sv + 16 * (K * l + i));
+        b[l].v[i] = _mm512_load_ps(bv + 16 * (K * l + i));
+      }
+    }
+  }
+  void apply_affine(vec_t* u, const vec_t* s, const vec_t* b) const {
+    for (int l = 0; l < L; ++l) u[l] = madd(u[l], s[l], b[l]);
+  }
+  void load_res(int64_t t, vec_t* out) const {
+    prefetch(this->residual + t * N);
+    load(this->residual + t * N, out);
+  }
+  void load_res_raw(int64_t t, raw_t& out) const { load_res(t, out.v); }
 };
 
 }  // namespace clif

@@ -31,9 +31,11 @@ def _signature(fn, constexprs, dtype, ckpt_dtype="fp32"):
     for name in fn.arg_names:
         if name in constexprs:
             sig[name] = "constexpr"
+        elif name in ("scale_ptr", "shift_ptr"):  # the fold's [C], fp32 for every storage
+            sig[name] = "*fp32"
         elif name.endswith("_ptr"):
             sig[name] = f"*{ckpt_dtype}" if name == "ckpt_ptr" else f"*{dtype}"
-        elif name in ("T", "N"):
+        elif name in ("T", "N", "inner", "C"):
             sig[name] = "i64"
         else:
             sig[name] = "fp32"
@@ -85,6 +87,24 @@ def variants():
     return out
 
 
+def fold_variants():
+    """The folded calls' kernels (scale and shift, a residual, both), in the heaviest
+    combination of the other flags, fp32 and bf16: compiled for CI's check, outside the cost
+    model's rows (which are the default path's)."""
+    out = []
+    for dtype in ("fp32", "bf16"):
+        for has_scale, has_res in ((True, False), (False, True), (True, True)):
+            fold = dict(FOLD=True, HAS_SCALE=has_scale, HAS_RES=has_res)
+            block = tk.FWD_BLOCK  # the launcher's for the fold, every dtype
+            out.append((tk.clif_fold_fwd_kernel, dict(zip(_FWD_FLAGS, [True] * 7),
+                                                      K=tk.CKPT_EVERY, BLOCK=block, **fold),
+                        dtype, "fp32"))
+            out.append((tk.clif_fold_bwd_kernel, dict(zip(_BWD_FLAGS, [True] * 8), SURROGATE=1,
+                                                      K=tk.CKPT_EVERY, BLOCK=tk.FOLD_BWD_BLOCK,
+                                                      **fold), dtype, "fp32"))
+    return out
+
+
 def is_previous(fn, constexprs):
     """Whether a variant is one of the previous kernels (kept for the comparison on a GPU)."""
     return fn is tk.clif_bwd_tiled_kernel or constexprs.get("PREFETCH") is False
@@ -125,12 +145,14 @@ def _source(fn, signature, constexprs, aligned=False):
     return ASTSource(fn=fn, signature=signature, constants=constexprs)
 
 
-def compiled_variants(arch: int, aligned: bool = False):
+def compiled_variants(arch: int, aligned: bool = False, fold: bool = False):
     """Yields (kernel function, constexprs, dtype, ckpt dtype, compiled kernel, num_warps) for
-    every variant, compiled for sm_<arch>; `aligned`: as the JIT compiles for aligned tensors."""
+    every variant, compiled for sm_<arch>; `aligned`: as the JIT compiles for aligned tensors;
+    `fold`: the fold's variants too."""
     target = GPUTarget("cuda", arch, 32)
-    for fn, ce, dtype, ckpt_dtype in variants():
-        warps = tk.FWD_WARPS if fn is tk.clif_fwd_kernel else tk.BWD_WARPS
+    for fn, ce, dtype, ckpt_dtype in variants() + (fold_variants() if fold else []):
+        fwd = fn in (tk.clif_fwd_kernel, tk.clif_fold_fwd_kernel)
+        warps = tk.FWD_WARPS if fwd else tk.BWD_WARPS
         src = _source(fn, _signature(fn, ce, dtype, ckpt_dtype), ce, aligned)
         yield fn, ce, dtype, ckpt_dtype, triton.compile(src, target=target,
                                                           options={"num_warps": warps}), warps
@@ -139,7 +161,7 @@ def compiled_variants(arch: int, aligned: bool = False):
 def compile_all(arch: int):
     """Compile every variant for sm_<arch>; returns rows (kernel, dtype, flags, regs, stack)."""
     rows = []
-    for fn, ce, dtype, ckpt_dtype, kernel, _ in compiled_variants(arch):
+    for fn, ce, dtype, ckpt_dtype, kernel, _ in compiled_variants(arch, fold=True):
         usage = _resource_usage(kernel.asm["cubin"]) or (None, None)
         flags = ",".join(k for k, v in ce.items() if v is True)
         if "SURROGATE" in ce:

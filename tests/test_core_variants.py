@@ -23,3 +23,5 @@ def test_gpu_configurations_match_the_plain_driver_bit_for_bit(tmp_path):
     run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout[-3000:]
     assert "checked 252 cases, 0 mismatches" in run.stdout, run.stdout[-3000:]
+    # The fold's configurations: 7 lengths x 3 kinds x CLIF/LIF.
+    assert "checked 42 fold cases, 0 mismatches" in run.stdout, run.stdout[-3000:]

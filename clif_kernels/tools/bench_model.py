@@ -18,6 +18,8 @@ Mechanisms:
                        block checkpointed, spike inputs stored as 1 bit
   +bits                (our neurons) the forward inside `clif_kernels.spikes_as_bits()`: the
                        layers after each neuron save its spikes as bits
+  +fold                (the fused backends) every BN -> neuron and BN -> + shortcut -> neuron
+                       folded into the neuron's kernels (`clif_kernels.fold_batchnorm`)
 Each provider builds the same weights from the same seed and trains on the same data; the tests
 check that every provider's model computes the reference model's loss and gradients.
 
@@ -58,7 +60,8 @@ OURS = tuple(REGISTRY) + ("lif",)
 # What a full run measures (and the command line accepts): any neuron followed by mechanisms
 # that apply to it builds (`parse_provider`), these are the ones worth a row.
 PROVIDERS = (("naive", "compiled", "spikingjelly", "spikingjelly+memopt") + tuple(REGISTRY)
-             + ("lif",) + tuple(f"{b}+bits" for b in FUSED))
+             + ("lif",) + tuple(f"{b}+{m}" for m in ("bits", "fold", "fold+bits")
+                                for b in FUSED))
 DTYPES = ("float32", "bfloat16")
 COLUMNS = ["device", "model", "provider", "neuron", "impl", "dtype", "T", "batch", "width", "ms",
            "ms_min", "ms_max", "steps", "peak_mb", "neuron_share", "max_batch", "budget_gib",
@@ -113,6 +116,15 @@ def _apply_memopt(model, example):
     return model
 
 
+def _apply_fold(model, example):
+    # Every BN -> neuron (and BN -> + shortcut -> neuron) folded into the neuron's kernels; the
+    # result shares the model's modules and parameters.
+    from ..batchnorm import fold_batchnorm
+    folded = fold_batchnorm(model)
+    folded.reset_neurons, folded.neurons = model.reset_neurons, model.neurons
+    return folded
+
+
 def _spikes_as_bits():
     from ..spike_bits import spikes_as_bits
     return spikes_as_bits()
@@ -133,6 +145,7 @@ class Mechanism(NamedTuple):
 MECHANISMS = {
     "memopt": Mechanism(("spikingjelly",), why_not=lambda: _memopt()[1], model=_apply_memopt),
     "bits": Mechanism(OURS, around=_spikes_as_bits),
+    "fold": Mechanism(FUSED, model=_apply_fold),
 }
 
 

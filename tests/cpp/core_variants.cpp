@@ -24,8 +24,16 @@ struct Result {
   std::vector<float> spikes, vT, mT, gx, gv0, gm0, ckpt;
 };
 
-template <int L, bool ALIGNED, int SG, bool PREFETCH>
-Result run(const Params<float>& p, const Problem& pb, bool is_clif) {
+// The fold's inputs: per-channel scale and shift over `inner` neighbours, and a residual (each
+// may be empty: absent).
+struct Fold {
+  std::vector<float> scale, shift, residual;
+  int64_t inner = 1;
+};
+
+// FOLD: the fold's kernels' IO (FoldIO), else the plain one.
+template <int L, bool ALIGNED, int SG, bool PREFETCH, bool FOLD = false>
+Result run(const Params<float>& p, const Problem& pb, bool is_clif, const Fold* fold = nullptr) {
   const int64_t T = pb.T, N = pb.N, nck = T > kCkptEvery ? (T - 1) / kCkptEvery : 0;
   Result r;
   r.spikes.assign(T * N, NAN);
@@ -52,7 +60,15 @@ Result run(const Params<float>& p, const Problem& pb, bool is_clif) {
   d.T = T;
   d.N = N;
   d.save = true;
-  GroupIO<float, float, L, ALIGNED> io(d);
+  if (FOLD) {
+    d.scale = fold->scale.empty() ? nullptr : fold->scale.data();
+    d.shift = fold->shift.empty() ? nullptr : fold->shift.data();
+    d.residual = fold->residual.empty() ? nullptr : fold->residual.data();
+    d.inner = fold->inner;
+    d.channels = fold->scale.empty() ? 1 : static_cast<int64_t>(fold->scale.size());
+  }
+  typename std::conditional<FOLD, FoldIO<float, float, L, ALIGNED>,
+                            GroupIO<float, float, L, ALIGNED>>::type io(d);
   for (int64_t n0 = 0; n0 < N; n0 += L) {
     io.n0 = n0;
     if (is_clif) {
@@ -143,5 +159,65 @@ int main() {
     }
   }
   std::printf("checked %d cases, %d mismatches\n", cases, bad);
-  return bad ? 1 : 0;
+  // The fold in the fold kernels' configurations (GPU: the forward at 8 neurons per thread or 1,
+  // the backward at 1, the surrogate read at run time; the CPU's at 1): the same bits as the
+  // plain drivers on u = x * scale + shift (+ residual), computed here as the core does.
+  int fold_bad = 0, fold_cases = 0;
+  for (int64_t T : Ts) {
+    for (int kind = 0; kind < 3; ++kind) {  // scale and shift, residual, both
+      for (int clif = 0; clif < 2; ++clif) {
+        Problem pb;
+        pb.T = T;
+        pb.N = 24;  // 3 channels of 4 neighbours, twice: a multiple of every group width
+        auto fill = [&](std::vector<float>& v, int64_t n, float scale, float offset) {
+          v.resize(n);
+          for (auto& e : v) e = offset + scale * normal(gen);
+        };
+        fill(pb.x, T * pb.N, 1.5f, 0.3f);
+        fill(pb.gs, T * pb.N, 1.0f, 0.0f);
+        fill(pb.v0, pb.N, 0.5f, 0.0f);
+        fill(pb.m0, pb.N, 0.5f, 0.0f);
+        fill(pb.gvT, pb.N, 1.0f, 0.0f);
+        fill(pb.gmT, pb.N, 1.0f, 0.0f);
+        Fold f;
+        f.inner = 4;
+        if (kind != 1) {
+          fill(f.scale, 3, 0.4f, 1.0f);
+          fill(f.shift, 3, 0.3f, 0.0f);
+        }
+        if (kind != 0) fill(f.residual, T * pb.N, 0.5f, 0.0f);
+        Problem pu = pb;  // the same problem on u
+        for (int64_t t = 0; t < T; ++t) {
+          for (int64_t n = 0; n < pb.N; ++n) {
+            const int64_t c = (n / f.inner) % 3;
+            float u = pb.x[t * pb.N + n];
+            u = f.scale.empty() ? madd(u, 1.0f, 0.0f) : madd(u, f.scale[c], f.shift[c]);
+            if (!f.residual.empty()) u = u + f.residual[t * pb.N + n];
+            pu.x[t * pb.N + n] = u;
+          }
+        }
+        Params<float> p{};
+        p.inv_tau = 0.5f;
+        p.gamma = 0.5f;
+        p.c = 1.0f;
+        p.th = 1.0f;
+        p.alpha = 2.0f;
+        p.inv_alpha = 0.5f;
+        p.half_inv_alpha = 0.25f;
+        p.surrogate = kSigmoid;
+        p.keep_reset = true;
+        p.is_clif = clif;
+        const Result base = run<1, false, kAnySurrogate, false>(p, pu, clif);
+        char what[128];
+        std::snprintf(what, sizeof what, "fold T=%lld kind=%d clif=%d",
+                      static_cast<long long>(T), kind, clif);
+        fold_bad += compare(base, run<1, false, kAnySurrogate, true, true>(p, pb, clif, &f), what);
+        fold_bad += compare(base, run<1, true, kAnySurrogate, true, true>(p, pb, clif, &f), what);
+        fold_bad += compare(base, run<8, true, kAnySurrogate, true, true>(p, pb, clif, &f), what);
+        ++fold_cases;
+      }
+    }
+  }
+  std::printf("checked %d fold cases, %d mismatches\n", fold_cases, fold_bad);
+  return bad || fold_bad ? 1 : 0;
 }
