@@ -158,8 +158,6 @@ def test_triton_backward_has_no_shared_memory_and_no_barrier(triton_rows):
     assert previous and all(r["barriers"] > 0 for r in previous)
 
 
-@pytest.mark.xfail(strict=True, reason="ptxas moves the Triton backward's row loads next to "
-                   "their uses (the source issues them first); see benchmarks/NOTES.md")
 def test_triton_backward_issues_a_segment_before_it_waits(triton_rows):
     rows = [r for r in triton_rows if r["kind"] == "bwd" and r["version"] == "current"
             and r["bench"]]
@@ -168,8 +166,6 @@ def test_triton_backward_issues_a_segment_before_it_waits(triton_rows):
         assert r["first_wait_bytes"] >= IN_FLIGHT[r["dtype"]], r
 
 
-@pytest.mark.xfail(strict=True, reason="the Triton backward still waits once per step "
-                   "(see the test above); benchmarks/NOTES.md")
 def test_triton_forward_and_backward_near_the_copy_bandwidth(triton_rows):
     pred = cost_model.predictions([r for r in triton_rows if r["bench"]])
     for dtype, share in SHARE.items():
