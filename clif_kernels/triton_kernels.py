@@ -9,10 +9,11 @@ anyway as the op's input) and recomputes each segment of CKPT_EVERY steps before
 reverse. For T <= CKPT_EVERY the saved bytes are exactly those of `x`.
 
 Load order, for a GPU's memory latency: the forward loads step t+1's input before step t's work;
-the backward issues all of a segment's x and grad_spikes loads first and keeps the segment's
-values as separate register vectors (no [K, BLOCK] tiles, whose layout changes went through
-shared memory with barriers). The previous kernels (loads next to their uses, the tiled
-backward) stay selectable with CLIF_KERNELS_GPU_KERNELS=previous until a GPU has timed both.
+the backward issues all of a segment's x and grad_spikes loads first (pinned there by a data
+dependency, see clif_bwd_kernel) and keeps the segment's values as separate register vectors
+(no [K, BLOCK] tiles, whose layout changes went through shared memory with barriers). The
+previous kernels (loads next to their uses, the tiled backward) stay selectable with
+CLIF_KERNELS_GPU_KERNELS=previous until a GPU has timed both.
 
 Naming: `*_kernel` is the Triton kernel, `clif_fwd`/`clif_bwd` the launchers, `b_` a block value,
 `p_` a block of pointers.
@@ -173,16 +174,13 @@ def _neuron_step_backward(b_h, b_mp, b_gs, b_gv, b_gm, gamma, c, inv_tau, th, v_
 
 
 @triton.jit
-def _segment_load(ptr, t, T, N, p_n, mask, HAS: tl.constexpr, PARTIAL: tl.constexpr,
-                  BLOCK: tl.constexpr):
-    """Row t of a [T, N] tensor as fp32 (zeros when absent). In a PARTIAL segment (the last one,
-    when K does not divide T) a row past T reads row T - 1 again, whose values the walk never
-    uses: a load under the scalar condition t < T became a branch of its own."""
+def _segment_load(ptr, t, T, N, p_n, mask, HAS: tl.constexpr, BLOCK: tl.constexpr):
+    """Row t of a [T, N] tensor as fp32 (zeros when absent). Past T (a last, partial segment)
+    it reads row T - 1 again, whose values the walk never uses: a load under the scalar
+    condition t < T became a branch of its own, and ptxas then issued each row's load right
+    before its use instead of all of them first."""
     if HAS:
-        if PARTIAL:
-            row = tl.minimum(t, T - 1).to(tl.int64)
-        else:
-            row = t.to(tl.int64)
+        row = tl.minimum(t, T - 1).to(tl.int64)
         b = tl.load(ptr + row * N + p_n, mask=mask, other=0.0)
         b = b.to(tl.float32)
     else:
@@ -199,130 +197,16 @@ def _bits(b):
 @triton.jit
 def _walk_step(b_h, b_mp, b_gs, b_gv, b_gm, t, T, N, gx_ptr, p_n, mask, gamma, c, inv_tau, th,
                v_reset, alpha, inv_alpha, beta, HARD_RESET: tl.constexpr,
-               IS_CLIF: tl.constexpr, DETACH_RESET: tl.constexpr, SURROGATE: tl.constexpr,
-               PARTIAL: tl.constexpr):
-    """Step t of the reverse walk: stores grad_x_t and returns the carried gradients, which in a
-    PARTIAL segment stay as they are past T (the steps that do not exist)."""
+               IS_CLIF: tl.constexpr, DETACH_RESET: tl.constexpr, SURROGATE: tl.constexpr):
+    """Step t of the reverse walk: stores grad_x_t and returns the carried gradients, which stay
+    as they are past T (the steps of a last, partial segment that do not exist)."""
     b_gx, b_gv1, b_gm1 = _neuron_step_backward(
         b_h, b_mp, b_gs, b_gv, b_gm, gamma, c, inv_tau, th, v_reset, alpha, inv_alpha, beta,
         HARD_RESET, IS_CLIF, DETACH_RESET, SURROGATE)
-    p_gx = gx_ptr + t.to(tl.int64) * N + p_n
-    if PARTIAL:
-        live = t < T
-        tl.store(p_gx, b_gx.to(gx_ptr.dtype.element_ty), mask=mask & live)
-        b_gv1 = tl.where(live, b_gv1, b_gv)
-        b_gm1 = tl.where(live, b_gm1, b_gm)
-    else:
-        tl.store(p_gx, b_gx.to(gx_ptr.dtype.element_ty), mask=mask)
-    return b_gv1, b_gm1
-
-
-@triton.jit
-def _segment_backward(x_ptr, v0_ptr, m0_ptr, ckpt_ptr, gs_ptr, gx_ptr, j, T, N, p_n, mask,
-                      b_gv, b_gm, gamma, c, b, inv_tau, th, v_reset, v_init, alpha, inv_alpha,
-                      beta, HAS_V0: tl.constexpr, HAS_M0: tl.constexpr, HAS_GS: tl.constexpr,
-                      HARD_RESET: tl.constexpr, IS_CLIF: tl.constexpr,
-                      DETACH_RESET: tl.constexpr, SURROGATE: tl.constexpr, K: tl.constexpr,
-                      PARTIAL: tl.constexpr, BLOCK: tl.constexpr):
-    """Segment j (steps jK .. jK + K - 1): recompute it from its checkpoint, walk it in reverse,
-    store its grad_x; returns the gradients of the state before it. PARTIAL: the segment may
-    reach past T (its rows are clamped, its steps past T skipped), at a cost of about a fifth
-    more instructions and registers, so only the last segment, when K does not divide T, is
-    compiled so."""
-    # The segment is unrolled by hand, one register vector per step and quantity: Triton has no
-    # arrays of tensors, and tiles cost layout changes. K is 8 (the launcher checks).
-    t0 = j * K
-    # Every load of the segment first: one wait on memory per segment.
-    x0 = _segment_load(x_ptr, t0 + 0, T, N, p_n, mask, True, PARTIAL, BLOCK)
-    x1 = _segment_load(x_ptr, t0 + 1, T, N, p_n, mask, True, PARTIAL, BLOCK)
-    x2 = _segment_load(x_ptr, t0 + 2, T, N, p_n, mask, True, PARTIAL, BLOCK)
-    x3 = _segment_load(x_ptr, t0 + 3, T, N, p_n, mask, True, PARTIAL, BLOCK)
-    x4 = _segment_load(x_ptr, t0 + 4, T, N, p_n, mask, True, PARTIAL, BLOCK)
-    x5 = _segment_load(x_ptr, t0 + 5, T, N, p_n, mask, True, PARTIAL, BLOCK)
-    x6 = _segment_load(x_ptr, t0 + 6, T, N, p_n, mask, True, PARTIAL, BLOCK)
-    x7 = _segment_load(x_ptr, t0 + 7, T, N, p_n, mask, True, PARTIAL, BLOCK)
-    g0 = _segment_load(gs_ptr, t0 + 0, T, N, p_n, mask, HAS_GS, PARTIAL, BLOCK)
-    g1 = _segment_load(gs_ptr, t0 + 1, T, N, p_n, mask, HAS_GS, PARTIAL, BLOCK)
-    g2 = _segment_load(gs_ptr, t0 + 2, T, N, p_n, mask, HAS_GS, PARTIAL, BLOCK)
-    g3 = _segment_load(gs_ptr, t0 + 3, T, N, p_n, mask, HAS_GS, PARTIAL, BLOCK)
-    g4 = _segment_load(gs_ptr, t0 + 4, T, N, p_n, mask, HAS_GS, PARTIAL, BLOCK)
-    g5 = _segment_load(gs_ptr, t0 + 5, T, N, p_n, mask, HAS_GS, PARTIAL, BLOCK)
-    g6 = _segment_load(gs_ptr, t0 + 6, T, N, p_n, mask, HAS_GS, PARTIAL, BLOCK)
-    g7 = _segment_load(gs_ptr, t0 + 7, T, N, p_n, mask, HAS_GS, PARTIAL, BLOCK)
-    # State before the segment: the initial state, or the forward's checkpoint. Both are loaded
-    # (each masked off where it is not wanted) and one is selected, so that the loop body stays
-    # one basic block; a branch here let ptxas issue the checkpoint's loads after the rows'
-    # wait, a second round trip. The cast is a no-op on the fp32 checkpoints; it types the load
-    # when T <= K and the launcher passes `x` (any dtype) for the unused pointer.
-    first = j == 0
-    p_ck = ckpt_ptr + (tl.zeros([BLOCK], dtype=tl.int64) + 2 * (j - 1)) * N + p_n
-    ck_v = tl.load(p_ck, mask=mask & (j > 0), other=0.0).to(tl.float32)
-    ck_m = tl.load(p_ck + N, mask=mask & (j > 0), other=0.0).to(tl.float32)
-    b_v = tl.where(first, _initial_state(v0_ptr, p_n, mask & first, v_init, HAS_V0, BLOCK), ck_v)
-    b_m = tl.where(first, _initial_state(m0_ptr, p_n, mask & first, 0.0, HAS_M0, BLOCK), ck_m)
-    # Pin the load order: ptxas moves each row's load next to its first use (a round trip to
-    # memory every step or two), whatever the source order. x0, which the first step needs, is
-    # made to depend on every other value loaded above, through bits that are always zero (N
-    # is never negative) but that no compiler can prove zero: all the loads must then be issued
-    # before the first step, and the segment waits on memory once. (`T < 0` would not do: in
-    # the loop over segments LLVM knows T >= 1 and folds it away.)
-    never = tl.where(N < 0, -1, 0)
-    dep = _bits(x1) | _bits(x2) | _bits(x3) | _bits(x4) | _bits(x5) | _bits(x6) | _bits(x7)
-    dep = dep | _bits(g0) | _bits(g1) | _bits(g2) | _bits(g3) | _bits(g4) | _bits(g5)
-    dep = dep | _bits(g6) | _bits(g7) | _bits(b_v) | _bits(b_m)
-    x0 = (_bits(x0) | (dep & never)).to(tl.float32, bitcast=True)
-    # Recompute h_t and m_{t-1}, all the backward needs (steps past T compute on the clamped
-    # rows and are never read).
-    mp0 = b_m
-    h0, _, b_v, b_m = _neuron_step(b_v, b_m, x0, gamma, c, b, inv_tau, th, v_reset,
-                                   HARD_RESET, IS_CLIF)
-    mp1 = b_m
-    h1, _, b_v, b_m = _neuron_step(b_v, b_m, x1, gamma, c, b, inv_tau, th, v_reset,
-                                   HARD_RESET, IS_CLIF)
-    mp2 = b_m
-    h2, _, b_v, b_m = _neuron_step(b_v, b_m, x2, gamma, c, b, inv_tau, th, v_reset,
-                                   HARD_RESET, IS_CLIF)
-    mp3 = b_m
-    h3, _, b_v, b_m = _neuron_step(b_v, b_m, x3, gamma, c, b, inv_tau, th, v_reset,
-                                   HARD_RESET, IS_CLIF)
-    mp4 = b_m
-    h4, _, b_v, b_m = _neuron_step(b_v, b_m, x4, gamma, c, b, inv_tau, th, v_reset,
-                                   HARD_RESET, IS_CLIF)
-    mp5 = b_m
-    h5, _, b_v, b_m = _neuron_step(b_v, b_m, x5, gamma, c, b, inv_tau, th, v_reset,
-                                   HARD_RESET, IS_CLIF)
-    mp6 = b_m
-    h6, _, b_v, b_m = _neuron_step(b_v, b_m, x6, gamma, c, b, inv_tau, th, v_reset,
-                                   HARD_RESET, IS_CLIF)
-    mp7 = b_m
-    h7, _, b_v, b_m = _neuron_step(b_v, b_m, x7, gamma, c, b, inv_tau, th, v_reset,
-                                   HARD_RESET, IS_CLIF)
-    # Walk the segment backwards (spec, Backward).
-    b_gv, b_gm = _walk_step(h7, mp7, g7, b_gv, b_gm, t0 + 7, T, N, gx_ptr, p_n, mask, gamma, c,
-                            inv_tau, th, v_reset, alpha, inv_alpha, beta, HARD_RESET, IS_CLIF,
-                            DETACH_RESET, SURROGATE, PARTIAL)
-    b_gv, b_gm = _walk_step(h6, mp6, g6, b_gv, b_gm, t0 + 6, T, N, gx_ptr, p_n, mask, gamma, c,
-                            inv_tau, th, v_reset, alpha, inv_alpha, beta, HARD_RESET, IS_CLIF,
-                            DETACH_RESET, SURROGATE, PARTIAL)
-    b_gv, b_gm = _walk_step(h5, mp5, g5, b_gv, b_gm, t0 + 5, T, N, gx_ptr, p_n, mask, gamma, c,
-                            inv_tau, th, v_reset, alpha, inv_alpha, beta, HARD_RESET, IS_CLIF,
-                            DETACH_RESET, SURROGATE, PARTIAL)
-    b_gv, b_gm = _walk_step(h4, mp4, g4, b_gv, b_gm, t0 + 4, T, N, gx_ptr, p_n, mask, gamma, c,
-                            inv_tau, th, v_reset, alpha, inv_alpha, beta, HARD_RESET, IS_CLIF,
-                            DETACH_RESET, SURROGATE, PARTIAL)
-    b_gv, b_gm = _walk_step(h3, mp3, g3, b_gv, b_gm, t0 + 3, T, N, gx_ptr, p_n, mask, gamma, c,
-                            inv_tau, th, v_reset, alpha, inv_alpha, beta, HARD_RESET, IS_CLIF,
-                            DETACH_RESET, SURROGATE, PARTIAL)
-    b_gv, b_gm = _walk_step(h2, mp2, g2, b_gv, b_gm, t0 + 2, T, N, gx_ptr, p_n, mask, gamma, c,
-                            inv_tau, th, v_reset, alpha, inv_alpha, beta, HARD_RESET, IS_CLIF,
-                            DETACH_RESET, SURROGATE, PARTIAL)
-    b_gv, b_gm = _walk_step(h1, mp1, g1, b_gv, b_gm, t0 + 1, T, N, gx_ptr, p_n, mask, gamma, c,
-                            inv_tau, th, v_reset, alpha, inv_alpha, beta, HARD_RESET, IS_CLIF,
-                            DETACH_RESET, SURROGATE, PARTIAL)
-    b_gv, b_gm = _walk_step(h0, mp0, g0, b_gv, b_gm, t0 + 0, T, N, gx_ptr, p_n, mask, gamma, c,
-                            inv_tau, th, v_reset, alpha, inv_alpha, beta, HARD_RESET, IS_CLIF,
-                            DETACH_RESET, SURROGATE, PARTIAL)
-    return b_gv, b_gm
+    live = t < T
+    tl.store(gx_ptr + t.to(tl.int64) * N + p_n, b_gx.to(gx_ptr.dtype.element_ty),
+             mask=mask & live)
+    return tl.where(live, b_gv1, b_gv), tl.where(live, b_gm1, b_gm)
 
 
 @triton.jit
@@ -333,26 +217,112 @@ def clif_bwd_kernel(x_ptr, v0_ptr, m0_ptr, ckpt_ptr, gs_ptr, gvT_ptr, gmT_ptr,
                     HAS_GVT: tl.constexpr, HAS_GMT: tl.constexpr, HARD_RESET: tl.constexpr,
                     IS_CLIF: tl.constexpr, DETACH_RESET: tl.constexpr, SURROGATE: tl.constexpr,
                     K: tl.constexpr, BLOCK: tl.constexpr):
+    # The segment is unrolled by hand, one register vector per step and quantity: Triton has no
+    # arrays of tensors, and tiles cost layout changes. K is 8 (the launcher checks).
     pid = tl.program_id(0)
     p_n = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = p_n < N
     inv_alpha = 1.0 / alpha
     b_gv = _initial_state(gvT_ptr, p_n, mask, 0.0, HAS_GVT, BLOCK)
     b_gm = _initial_state(gmT_ptr, p_n, mask, 0.0, HAS_GMT, BLOCK)
-    # The segments in reverse: first the last, partial one if K does not divide T, then the
-    # whole ones, whose loop has no clamps and no per-step checks against T.
-    n_full = T // K
-    if n_full * K < T:
-        b_gv, b_gm = _segment_backward(
-            x_ptr, v0_ptr, m0_ptr, ckpt_ptr, gs_ptr, gx_ptr, n_full, T, N, p_n, mask, b_gv, b_gm,
-            gamma, c, b, inv_tau, th, v_reset, v_init, alpha, inv_alpha, beta, HAS_V0, HAS_M0,
-            HAS_GS, HARD_RESET, IS_CLIF, DETACH_RESET, SURROGATE, K, True, BLOCK)
-    for jj in range(0, n_full):
-        b_gv, b_gm = _segment_backward(
-            x_ptr, v0_ptr, m0_ptr, ckpt_ptr, gs_ptr, gx_ptr, n_full - 1 - jj, T, N, p_n, mask,
-            b_gv, b_gm, gamma, c, b, inv_tau, th, v_reset, v_init, alpha, inv_alpha, beta,
-            HAS_V0, HAS_M0, HAS_GS, HARD_RESET, IS_CLIF, DETACH_RESET, SURROGATE, K, False,
-            BLOCK)
+    zero64 = tl.zeros([BLOCK], dtype=tl.int64)
+    n_seg = tl.cdiv(T, K)
+    for jj in range(0, n_seg):
+        j = n_seg - 1 - jj
+        t0 = j * K
+        # Every load of the segment first: one wait on memory per segment.
+        x0 = _segment_load(x_ptr, t0 + 0, T, N, p_n, mask, True, BLOCK)
+        x1 = _segment_load(x_ptr, t0 + 1, T, N, p_n, mask, True, BLOCK)
+        x2 = _segment_load(x_ptr, t0 + 2, T, N, p_n, mask, True, BLOCK)
+        x3 = _segment_load(x_ptr, t0 + 3, T, N, p_n, mask, True, BLOCK)
+        x4 = _segment_load(x_ptr, t0 + 4, T, N, p_n, mask, True, BLOCK)
+        x5 = _segment_load(x_ptr, t0 + 5, T, N, p_n, mask, True, BLOCK)
+        x6 = _segment_load(x_ptr, t0 + 6, T, N, p_n, mask, True, BLOCK)
+        x7 = _segment_load(x_ptr, t0 + 7, T, N, p_n, mask, True, BLOCK)
+        g0 = _segment_load(gs_ptr, t0 + 0, T, N, p_n, mask, HAS_GS, BLOCK)
+        g1 = _segment_load(gs_ptr, t0 + 1, T, N, p_n, mask, HAS_GS, BLOCK)
+        g2 = _segment_load(gs_ptr, t0 + 2, T, N, p_n, mask, HAS_GS, BLOCK)
+        g3 = _segment_load(gs_ptr, t0 + 3, T, N, p_n, mask, HAS_GS, BLOCK)
+        g4 = _segment_load(gs_ptr, t0 + 4, T, N, p_n, mask, HAS_GS, BLOCK)
+        g5 = _segment_load(gs_ptr, t0 + 5, T, N, p_n, mask, HAS_GS, BLOCK)
+        g6 = _segment_load(gs_ptr, t0 + 6, T, N, p_n, mask, HAS_GS, BLOCK)
+        g7 = _segment_load(gs_ptr, t0 + 7, T, N, p_n, mask, HAS_GS, BLOCK)
+        # State before the segment: the initial state, or the forward's checkpoint. Both are
+        # loaded (each masked off where it is not wanted) and one is selected, so that the loop
+        # body stays one basic block; a branch here let ptxas issue the checkpoint's loads after
+        # the rows' wait, a second round trip. The cast is a no-op on the fp32 checkpoints; it
+        # types the load when T <= K and the launcher passes `x` (any dtype) for the unused
+        # pointer.
+        first = j == 0
+        p_ck = ckpt_ptr + (zero64 + 2 * (j - 1)) * N + p_n
+        ck_v = tl.load(p_ck, mask=mask & (j > 0), other=0.0).to(tl.float32)
+        ck_m = tl.load(p_ck + N, mask=mask & (j > 0), other=0.0).to(tl.float32)
+        b_v = tl.where(first, _initial_state(v0_ptr, p_n, mask & first, v_init, HAS_V0, BLOCK),
+                       ck_v)
+        b_m = tl.where(first, _initial_state(m0_ptr, p_n, mask & first, 0.0, HAS_M0, BLOCK),
+                       ck_m)
+        # Pin the load order: ptxas moves each row's load next to its first use (one round
+        # trip to memory per step or two), whatever the source order. x0, which the first step
+        # needs, is made to depend on every other value loaded above, through bits that are
+        # always zero (N is never negative) but that no compiler can prove zero: all the loads
+        # must then be issued before the first step, and the segment waits on memory once.
+        # (`T < 0` would not do: inside the loop LLVM knows T >= 1 and folds it away.)
+        never = tl.where(N < 0, -1, 0)
+        dep = _bits(x1) | _bits(x2) | _bits(x3) | _bits(x4) | _bits(x5) | _bits(x6) | _bits(x7)
+        dep = dep | _bits(g0) | _bits(g1) | _bits(g2) | _bits(g3) | _bits(g4) | _bits(g5)
+        dep = dep | _bits(g6) | _bits(g7) | _bits(b_v) | _bits(b_m)
+        x0 = (_bits(x0) | (dep & never)).to(tl.float32, bitcast=True)
+        # Recompute h_t and m_{t-1}, all the backward needs (steps past T compute on zeros and
+        # are never read).
+        mp0 = b_m
+        h0, _, b_v, b_m = _neuron_step(b_v, b_m, x0, gamma, c, b, inv_tau, th, v_reset,
+                                       HARD_RESET, IS_CLIF)
+        mp1 = b_m
+        h1, _, b_v, b_m = _neuron_step(b_v, b_m, x1, gamma, c, b, inv_tau, th, v_reset,
+                                       HARD_RESET, IS_CLIF)
+        mp2 = b_m
+        h2, _, b_v, b_m = _neuron_step(b_v, b_m, x2, gamma, c, b, inv_tau, th, v_reset,
+                                       HARD_RESET, IS_CLIF)
+        mp3 = b_m
+        h3, _, b_v, b_m = _neuron_step(b_v, b_m, x3, gamma, c, b, inv_tau, th, v_reset,
+                                       HARD_RESET, IS_CLIF)
+        mp4 = b_m
+        h4, _, b_v, b_m = _neuron_step(b_v, b_m, x4, gamma, c, b, inv_tau, th, v_reset,
+                                       HARD_RESET, IS_CLIF)
+        mp5 = b_m
+        h5, _, b_v, b_m = _neuron_step(b_v, b_m, x5, gamma, c, b, inv_tau, th, v_reset,
+                                       HARD_RESET, IS_CLIF)
+        mp6 = b_m
+        h6, _, b_v, b_m = _neuron_step(b_v, b_m, x6, gamma, c, b, inv_tau, th, v_reset,
+                                       HARD_RESET, IS_CLIF)
+        mp7 = b_m
+        h7, _, b_v, b_m = _neuron_step(b_v, b_m, x7, gamma, c, b, inv_tau, th, v_reset,
+                                       HARD_RESET, IS_CLIF)
+        # Walk the segment backwards (spec, Backward).
+        b_gv, b_gm = _walk_step(h7, mp7, g7, b_gv, b_gm, t0 + 7, T, N, gx_ptr, p_n, mask, gamma,
+                                c, inv_tau, th, v_reset, alpha, inv_alpha, beta, HARD_RESET,
+                                IS_CLIF, DETACH_RESET, SURROGATE)
+        b_gv, b_gm = _walk_step(h6, mp6, g6, b_gv, b_gm, t0 + 6, T, N, gx_ptr, p_n, mask, gamma,
+                                c, inv_tau, th, v_reset, alpha, inv_alpha, beta, HARD_RESET,
+                                IS_CLIF, DETACH_RESET, SURROGATE)
+        b_gv, b_gm = _walk_step(h5, mp5, g5, b_gv, b_gm, t0 + 5, T, N, gx_ptr, p_n, mask, gamma,
+                                c, inv_tau, th, v_reset, alpha, inv_alpha, beta, HARD_RESET,
+                                IS_CLIF, DETACH_RESET, SURROGATE)
+        b_gv, b_gm = _walk_step(h4, mp4, g4, b_gv, b_gm, t0 + 4, T, N, gx_ptr, p_n, mask, gamma,
+                                c, inv_tau, th, v_reset, alpha, inv_alpha, beta, HARD_RESET,
+                                IS_CLIF, DETACH_RESET, SURROGATE)
+        b_gv, b_gm = _walk_step(h3, mp3, g3, b_gv, b_gm, t0 + 3, T, N, gx_ptr, p_n, mask, gamma,
+                                c, inv_tau, th, v_reset, alpha, inv_alpha, beta, HARD_RESET,
+                                IS_CLIF, DETACH_RESET, SURROGATE)
+        b_gv, b_gm = _walk_step(h2, mp2, g2, b_gv, b_gm, t0 + 2, T, N, gx_ptr, p_n, mask, gamma,
+                                c, inv_tau, th, v_reset, alpha, inv_alpha, beta, HARD_RESET,
+                                IS_CLIF, DETACH_RESET, SURROGATE)
+        b_gv, b_gm = _walk_step(h1, mp1, g1, b_gv, b_gm, t0 + 1, T, N, gx_ptr, p_n, mask, gamma,
+                                c, inv_tau, th, v_reset, alpha, inv_alpha, beta, HARD_RESET,
+                                IS_CLIF, DETACH_RESET, SURROGATE)
+        b_gv, b_gm = _walk_step(h0, mp0, g0, b_gv, b_gm, t0 + 0, T, N, gx_ptr, p_n, mask, gamma,
+                                c, inv_tau, th, v_reset, alpha, inv_alpha, beta, HARD_RESET,
+                                IS_CLIF, DETACH_RESET, SURROGATE)
     if HAS_V0:
         tl.store(gv0_ptr + p_n, b_gv.to(gv0_ptr.dtype.element_ty), mask=mask)
     if HAS_M0:
