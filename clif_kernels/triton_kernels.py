@@ -9,10 +9,11 @@ anyway as the op's input) and recomputes each segment of CKPT_EVERY steps before
 reverse. For T <= CKPT_EVERY the saved bytes are exactly those of `x`.
 
 Load order, for a GPU's memory latency: the forward loads step t+1's input before step t's work;
-the backward issues all of a segment's x and grad_spikes loads first and keeps the segment's
-values as separate register vectors (no [K, BLOCK] tiles, whose layout changes went through
-shared memory with barriers). The previous kernels (loads next to their uses, the tiled
-backward) stay selectable with CLIF_KERNELS_GPU_KERNELS=previous until a GPU has timed both.
+the backward issues all of a segment's x and grad_spikes loads first (pinned there by a data
+dependency, see clif_bwd_kernel) and keeps the segment's values as separate register vectors
+(no [K, BLOCK] tiles, whose layout changes went through shared memory with barriers). The
+previous kernels (loads next to their uses, the tiled backward) stay selectable with
+CLIF_KERNELS_GPU_KERNELS=previous until a GPU has timed both.
 
 Naming: `*_kernel` is the Triton kernel, `clif_fwd`/`clif_bwd` the launchers, `b_` a block value,
 `p_` a block of pointers.
@@ -257,6 +258,12 @@ def _segment_load(ptr, t, T, N, p_n, mask, HAS: tl.constexpr, BLOCK: tl.constexp
 
 
 @triton.jit
+def _bits(b):
+    """The bits of an fp32 block, as int32."""
+    return b.to(tl.int32, bitcast=True)
+
+
+@triton.jit
 def _walk_step(b_h, b_mp, b_gs, b_gv, b_gm, t, T, N, gx_ptr, p_n, mask, gamma, c, inv_tau, th,
                v_reset, alpha, inv_alpha, beta, HARD_RESET: tl.constexpr,
                IS_CLIF: tl.constexpr, DETACH_RESET: tl.constexpr, SURROGATE: tl.constexpr):
@@ -350,16 +357,31 @@ def _bwd_body(x_ptr, v0_ptr, m0_ptr, ckpt_ptr, gs_ptr, gvT_ptr, gmT_ptr,
         g5 = _segment_load(gs_ptr, t0 + 5, T, N, p_n, mask, HAS_GS, BLOCK)
         g6 = _segment_load(gs_ptr, t0 + 6, T, N, p_n, mask, HAS_GS, BLOCK)
         g7 = _segment_load(gs_ptr, t0 + 7, T, N, p_n, mask, HAS_GS, BLOCK)
-        # State before the segment: the initial state, or the forward's checkpoint.
-        if j == 0:
-            b_v = _initial_state(v0_ptr, p_n, mask, v_init, HAS_V0, BLOCK)
-            b_m = _initial_state(m0_ptr, p_n, mask, 0.0, HAS_M0, BLOCK)
-        else:
-            # The cast is a no-op on the fp32 checkpoints; it types this branch as the other
-            # one when T <= K and the launcher passes `x` (any dtype) for the unused pointer.
-            p_ck = ckpt_ptr + (zero64 + 2 * (j - 1)) * N + p_n
-            b_v = tl.load(p_ck, mask=mask, other=0.0).to(tl.float32)
-            b_m = tl.load(p_ck + N, mask=mask, other=0.0).to(tl.float32)
+        # State before the segment: the initial state, or the forward's checkpoint. Both are
+        # loaded (each masked off where it is not wanted) and one is selected, so that the loop
+        # body stays one basic block; a branch here let ptxas issue the checkpoint's loads after
+        # the rows' wait, a second round trip. The cast is a no-op on the fp32 checkpoints; it
+        # types the load when T <= K and the launcher passes `x` (any dtype) for the unused
+        # pointer.
+        first = j == 0
+        p_ck = ckpt_ptr + (zero64 + 2 * (j - 1)) * N + p_n
+        ck_v = tl.load(p_ck, mask=mask & (j > 0), other=0.0).to(tl.float32)
+        ck_m = tl.load(p_ck + N, mask=mask & (j > 0), other=0.0).to(tl.float32)
+        b_v = tl.where(first, _initial_state(v0_ptr, p_n, mask & first, v_init, HAS_V0, BLOCK),
+                       ck_v)
+        b_m = tl.where(first, _initial_state(m0_ptr, p_n, mask & first, 0.0, HAS_M0, BLOCK),
+                       ck_m)
+        # Pin the load order: ptxas moves each row's load next to its first use (one round
+        # trip to memory per step or two), whatever the source order. x0, which the first step
+        # needs, is made to depend on every other value loaded above, through bits that are
+        # always zero (N is never negative) but that no compiler can prove zero: all the loads
+        # must then be issued before the first step, and the segment waits on memory once.
+        # (`T < 0` would not do: inside the loop LLVM knows T >= 1 and folds it away.)
+        never = tl.where(N < 0, -1, 0)
+        dep = _bits(x1) | _bits(x2) | _bits(x3) | _bits(x4) | _bits(x5) | _bits(x6) | _bits(x7)
+        dep = dep | _bits(g0) | _bits(g1) | _bits(g2) | _bits(g3) | _bits(g4) | _bits(g5)
+        dep = dep | _bits(g6) | _bits(g7) | _bits(b_v) | _bits(b_m)
+        x0 = (_bits(x0) | (dep & never)).to(tl.float32, bitcast=True)
         # Recompute h_t and m_{t-1}, all the backward needs (steps past T compute on zeros and
         # are never read).
         mp0 = b_m
