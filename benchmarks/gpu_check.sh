@@ -108,10 +108,16 @@ if [ "$GPU" = 1 ]; then
   # (inductor's CPU compile of the block alone took 73 s here).
   # tests/test_bench_model.py: the ResNet with the cuda and triton neurons computes the reference
   # model's loss and gradients on the GPU (its CPU cases run in CI).
+  # tests/test_graphs.py: CUDA graph capture and torch.compile(mode="reduce-overhead") of a
+  # conv-BN-CLIFNode model replay eager; tests/test_fold.py, test_spike_bits.py: BatchNorm
+  # folded into the neuron and spikes saved as bits, on the GPU.
   step tests 240 python3 -m pytest -q -p no:cacheprovider "${PAR[@]}" "${TIMEOUT[@]}" \
     --durations=10 -rfEs tests/test_fused.py tests/test_modules.py tests/test_inputs.py \
     tests/test_adversarial.py tests/test_kernel_variants.py tests/test_bench_model.py \
+    tests/test_graphs.py tests/test_fold.py tests/test_spike_bits.py \
     -k "not cpp and not cpu and not (test_bench_model and compile)"
+  # Eager calls against CUDA graph replay (CLIFNode forward + backward, T=8, N=2^16 and 2^20).
+  step graphs 60 python3 benchmarks/cuda_graphs.py --out "$RES"
   # Out-of-bounds and misaligned accesses of the CUDA kernels on awkward widths (not every GPU
   # host has compute-sanitizer: the step says so and goes on).
   if command -v compute-sanitizer > /dev/null; then
@@ -121,12 +127,13 @@ if [ "$GPU" = 1 ]; then
   else
     echo "== memcheck: compute-sanitizer not found on this host" | tee -a "$LOG"
   fi
-  # The headline case: T=8, N=2^23 (the ResNet shape [8, 64, 128, 32, 32]), every provider.
+  # The headline case: T=8, N=2^23 (the ResNet shape [8, 64, 128, 32, 32]), every provider,
+  # after the host cost per call on tiny inputs against torch.sigmoid (host_gpu.csv).
   step bench 180 python3 -m clif_kernels bench --out "$RES" --sweep 8:8388608
   # The spiking ResNet-18's training step, every provider but torch.compile (its own step
   # below), T=8 first: time, peak memory, neuron share, largest batch in 40 GiB.
   step model 240 python3 -m clif_kernels bench-model --out "$RES" --time-budget 170 \
-    --providers cuda,triton,spikingjelly,spikingjelly+memopt,naive,lif,reference
+    --providers cuda,cuda+fold+bits,cuda+fold,cuda+bits,triton,spikingjelly,spikingjelly+memopt,naive,lif,reference
   step tune 90 python3 benchmarks/tune_gpu.py --out "$RES"
   step check 90 python3 -m clif_kernels check
   # torch.compile of the whole ResNet with the loop neuron, T=8, added to the model's CSV; the

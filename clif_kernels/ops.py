@@ -133,8 +133,8 @@ def check_fold(x, scale, shift, residual, inner):
                              f"multiple of channels ({C}) x inner ({inner})")
     if residual is not None:
         if residual.shape != x.shape:
-            raise ValueError(f"residual must have the shape of x, {tuple(x.shape)}; got "
-                             f"{tuple(residual.shape)}")
+            raise ValueError(f"residual must have shape {list(x.shape)} (x's), got "
+                             f"{list(residual.shape)}")
         if residual.dtype != x.dtype:
             raise TypeError(f"residual must have dtype {x.dtype}, got {residual.dtype}")
         if residual.device != x.device:
