@@ -155,3 +155,23 @@ def test_python_m_and_the_parser_agree():
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "argument --steps" in out.stderr, out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_host_cost_measures_against_sigmoid_and_leaves_out_the_interpreter():
+    """The host-cost rows: torch.sigmoid once per (mode, shape) with ratio 1, each fused backend
+    that runs here with its ratio to it, and no Triton interpreter timings on the CPU."""
+    import torch
+    from clif_kernels.tools import host_cost
+    cpu = torch.device("cpu")
+    assert "triton" not in host_cost.backends_here(cpu)
+    backends = host_cost.backends_here(cpu)
+    if not backends:
+        pytest.skip("no fused backend runs on this CPU")
+    rows = host_cost.measure(cpu, backends=backends[:1], rounds=1, calls_per_round=2)
+    cases = {(r["mode"], r["T"], r["N"]) for r in rows}
+    assert cases == {(m, T, N) for m in host_cost.MODES for T, N in host_cost.SHAPES}
+    for case in cases:
+        got = {r["provider"]: r for r in rows if (r["mode"], r["T"], r["N"]) == case}
+        assert set(got) == {host_cost.YARDSTICK, "clif", "CLIFNode"}
+        assert got[host_cost.YARDSTICK]["ratio"] == 1.0
+        assert all(r["us"] > 0 for r in got.values())
