@@ -209,6 +209,11 @@ def _constant_under_compile(fn):
 def resolve_backend(backend, device: torch.device, dtype: torch.dtype) -> str:
     """Map "auto" to the fastest backend that runs here; check that a named one can run, and
     make its op pair ready (`REGISTRY[name].op_pair()`). Returns the backend's name."""
+    if type(backend) is str:  # every call asks again: answered from what it found before
+        name = _RESOLVED.get((backend, device, dtype))
+        if name is not None:
+            return name
+    key = (backend, device, dtype)
     backend = check_backend_name(backend)
     if backend == "auto":
         name = next((n for n in auto_order(device.type)
@@ -223,4 +228,12 @@ def resolve_backend(backend, device: torch.device, dtype: torch.dtype) -> str:
             raise RuntimeError(f"backend={backend!r} cannot run here: {why}")
         name = backend
     REGISTRY[name].op_pair()
+    if REGISTRY[name].fused:  # what a fused backend needs cannot go away in a process
+        _RESOLVED[key] = name
     return name
+
+
+# (backend as given, device, dtype) -> the fused backend that runs it. The reference is not
+# kept: a backend may become available later (extension.jit_build()), never the other way round.
+# Tests that fake a missing backend empty it.
+_RESOLVED = {}

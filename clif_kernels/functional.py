@@ -49,7 +49,10 @@ def _needs_grad(x_seq, v0, m0, *more):
     if x_seq.requires_grad or (v0 is not None and v0.requires_grad) or (
             m0 is not None and m0.requires_grad):
         return True
-    return any(t is not None and t.requires_grad for t in more)
+    for t in more:  # a loop, not any(genexpr): this runs on every call
+        if t is not None and t.requires_grad:
+            return True
+    return False
 
 
 def _check_fold(x_seq, scale, shift, residual, channel_dim):
@@ -123,6 +126,7 @@ def run(x_seq, is_clif, v0, m0, return_state, backend, opts, spike_grad=True, sc
         _check_state("m0", m0, x_seq)
     folded = scale is not None or residual is not None
     cdim = _check_fold(x_seq, scale, shift, residual, channel_dim) if folded else None
+    fold_tensors = (scale, shift, residual) if folded else ()
     if opts.float32_error is not None and x_seq.dtype != torch.float64:
         raise ValueError(opts.float32_error)
     pair = REGISTRY[resolve_backend(backend, x_seq.device, x_seq.dtype)].op_pair()
@@ -133,7 +137,7 @@ def run(x_seq, is_clif, v0, m0, return_state, backend, opts, spike_grad=True, sc
             shape = [1] * (x_seq.dim() - 1)
             shape[cdim - 1] = -1
             ref_fold.update(scale=scale.view(shape), shift=shift.view(shape))
-    if not spike_grad and _needs_grad(x_seq, v0, m0, scale, shift, residual):
+    if not spike_grad and _needs_grad(x_seq, v0, m0, *fold_tensors):
         spikes, vT, mT = neuron_reference(x_seq, opts, clif=is_clif, v0=v0, m0=m0,
                                           spike_grad=False, **ref_fold)
     elif pair is None:  # the reference
@@ -162,10 +166,11 @@ def run(x_seq, is_clif, v0, m0, return_state, backend, opts, spike_grad=True, sc
                        residual.permute(0, *[d + 1 for d in order])).contiguous()
             fold = (scale if scale is None else scale.contiguous(),
                     shift if shift is None else shift.contiguous(), res, inner)
-        spikes, vT, mT, _ = pair.fwd(xp.contiguous(), _dense(v0, order),
-                                     _dense(m0, order) if is_clif else None,
+        spikes, vT, mT, _ = pair.fwd(xp.contiguous(),
+                                     None if v0 is None else _dense(v0, order),
+                                     None if m0 is None or not is_clif else _dense(m0, order),
                                      *opts.op_values(is_clif),
-                                     _needs_grad(x_seq, v0, m0, scale, shift, residual),
+                                     _needs_grad(x_seq, v0, m0, *fold_tensors),
                                      return_state, *fold)
         if order is not None:
             inv = [order.index(d) for d in range(len(order))]

@@ -262,12 +262,14 @@ def options_for(values: tuple) -> NeuronOptions:
     if torch.compiler.is_compiling():
         return make_options(**dict(zip(DEFAULTS, values)))
     types = tuple(map(type, values))
-    plain = _PLAIN.issuperset(types)
     key = values + types
-    opts = _CHECKED.get(key) if plain else None
+    try:  # only plain keys are stored, so any other misses (or cannot be hashed)
+        opts = _CHECKED.get(key)
+    except TypeError:
+        opts = None
     if opts is None:
         opts = make_options(**dict(zip(DEFAULTS, values)))
-        if plain and len(_CHECKED) < _CHECKED_MAX:
+        if _PLAIN.issuperset(types) and len(_CHECKED) < _CHECKED_MAX:
             _CHECKED[key] = opts
     return opts
 

@@ -2,7 +2,7 @@
 and what the package reports about its extensions."""
 import pytest
 
-from clif_kernels import build_config, extension
+from clif_kernels import backends, build_config, extension
 
 
 @pytest.mark.parametrize("want,torch_cuda,nvcc,build", [
@@ -78,6 +78,7 @@ def broken_cpp(monkeypatch, tmp_path):
     monkeypatch.setattr(extension, "_loaded", {"cpp": False, "cuda": False})
     monkeypatch.setattr(extension, "load_errors", {})
     monkeypatch.setattr(extension, "broken", {})
+    monkeypatch.setattr(backends, "_RESOLVED", {})  # what earlier calls found
     return str(fake)
 
 

@@ -70,6 +70,7 @@ def test_named_backend_never_falls_back(monkeypatch):
     pytest.importorskip("triton")  # the message is about the interpreter
     from clif_kernels import backends
     monkeypatch.setattr(backends, "_TRITON_INTERPRET", False)
+    monkeypatch.setattr(backends, "_RESOLVED", {})  # what earlier calls found
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
         clif_kernels.clif(torch.randn(3, 4), backend="triton")
 
@@ -80,6 +81,23 @@ def test_auto_picks_a_backend_that_runs_on_cpu():
     assert name in ("cpp", "reference")
     x = torch.randn(5, 7)
     assert torch.equal(clif_kernels.clif(x), clif_kernels.clif(x, backend=name))
+
+
+def test_resolution_is_remembered_for_fused_backends_only(monkeypatch):
+    """Each call resolves its backend; a fused backend found to run is remembered per (name,
+    device, dtype), the reference never (a backend may be built later), and a name that is not
+    a string still gets the error naming `backend`."""
+    from clif_kernels import backends
+    monkeypatch.setattr(backends, "_RESOLVED", {})
+    cpu = torch.device("cpu")
+    assert backends.resolve_backend("reference", cpu, torch.float32) == "reference"
+    assert backends._RESOLVED == {}
+    name = backends.resolve_backend("auto", cpu, torch.float64)
+    expected = {("auto", cpu, torch.float64): name} if backends.REGISTRY[name].fused else {}
+    assert backends._RESOLVED == expected
+    assert backends.resolve_backend("auto", cpu, torch.float64) == name
+    with pytest.raises(ValueError, match="backend must be one of"):
+        backends.resolve_backend(["cpp"], cpu, torch.float32)
 
 
 def test_backend_names_come_from_the_registry():
