@@ -147,10 +147,15 @@ def run(x_seq, is_clif, v0, m0, return_state, backend, opts, spike_grad=True, sc
         # node in the autograd graph); any other dense, time-outermost layout (channels_last)
         # is permuted to its memory order, and the outputs and the input gradient come back
         # with the input's strides, with no copy.
-        order = None if x_seq.is_contiguous() else _memory_order(x_seq)  # contiguous: 1 call
-        if order is not None and order == sorted(order):
-            order = None  # strided, not a permutation of dense: the .contiguous() below copies
-        xp = x_seq if order is None else x_seq.permute(0, *[d + 1 for d in order])
+        order = None
+        if x_seq.is_contiguous():  # the common case: one call, nothing to rearrange
+            xp = x_seq
+        else:
+            order = _memory_order(x_seq)
+            if order == sorted(order):
+                order = None  # strided, not a permutation of dense: .contiguous() copies
+            xp = (x_seq if order is None else
+                  x_seq.permute(0, *[d + 1 for d in order])).contiguous()
         fold = ()
         if folded:
             # The fold's layout in the kernels' rows: the neurons of the dims inside the
@@ -166,7 +171,7 @@ def run(x_seq, is_clif, v0, m0, return_state, backend, opts, spike_grad=True, sc
                        residual.permute(0, *[d + 1 for d in order])).contiguous()
             fold = (scale if scale is None else scale.contiguous(),
                     shift if shift is None else shift.contiguous(), res, inner)
-        spikes, vT, mT, _ = pair.fwd(xp.contiguous(),
+        spikes, vT, mT, _ = pair.fwd(xp,
                                      None if v0 is None else _dense(v0, order),
                                      None if m0 is None or not is_clif else _dense(m0, order),
                                      *opts.op_values(is_clif),
