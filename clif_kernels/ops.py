@@ -223,21 +223,53 @@ def _differentiable_backward(x, v0, m0, o, grad_spikes, grad_vT, grad_mT, scale=
     return tuple(None if t is None else next(it) for t in inputs)
 
 
+# `_fold_grads` sums its per-channel products over at most this many chunks of time steps, so
+# that its temporaries (the product, and in 16-bit storage an fp32 copy of the gradient) are a
+# fraction of a [T, N] tensor; below _FOLD_CHUNK_MIN elements it makes one pass.
+_FOLD_CHUNKS = 8
+_FOLD_CHUNK_MIN = 1 << 16
+
+
 def _fold_grads(grad_u, x, scale, residual, inner):
     """The gradients of (x, scale, shift, residual) from that of u = x * scale[c] + shift[c]
     (+ residual): torch ops on [T, N] viewed as [T, N / (C inner), C, inner]; the per-channel
-    sums accumulate in the compute dtype (scale's)."""
+    sums accumulate in the compute dtype (scale's). Eagerly, all of it runs over chunks of time
+    steps, each chunk's gx computed in the compute dtype and rounded once to x's dtype: no
+    full-size temporary beside the output gx (a one-pass formula makes a full-size product, and
+    in 16-bit storage fp32 copies of grad_u, x and gx besides, each twice x's size)."""
     gx = gscale = gshift = None
-    if scale is not None:
-        T, N = x.shape[0], math.prod(x.shape[1:])
-        C = scale.shape[0]
-        shape = (T, N // (C * inner), C, inner)
-        gu = grad_u.view(shape).to(scale.dtype)
-        gx = (gu * scale.view(C, 1)).to(x.dtype).view(x.shape)
-        gscale = (gu * x.view(shape).to(scale.dtype)).sum((0, 1, 3))
+    if scale is None:
+        return grad_u, None, None, grad_u if residual is not None else None
+    T, N = x.shape[0], math.prod(x.shape[1:])
+    C = scale.shape[0]
+    shape = (T, N // (C * inner), C, inner)
+    cdt = scale.dtype
+    gu, xs, sc = grad_u.view(shape), x.view(shape), scale.view(C, 1)
+    if torch.compiler.is_compiling():  # traced: the compiler fuses these itself
+        gu = gu.to(cdt)
+        gx = (gu * sc).to(x.dtype).view(x.shape)
+        gscale = (gu * xs.to(cdt)).sum((0, 1, 3))
         gshift = gu.sum((0, 1, 3))
-    else:
-        gx = grad_u
+        return gx, gscale, gshift, grad_u if residual is not None else None
+    gx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    gxs = gx.view(shape)
+    chunks = min(T, _FOLD_CHUNKS) if x.numel() >= _FOLD_CHUNK_MIN else 1
+    step = -(-T // max(chunks, 1)) if T else 1
+    gscale = torch.zeros(C, dtype=cdt, device=x.device)
+    gshift = torch.zeros(C, dtype=cdt, device=x.device)
+    for t in range(0, T, step):
+        g, xc = gu[t:t + step], xs[t:t + step]
+        if g.dtype == cdt:
+            torch.mul(g, sc, out=gxs[t:t + step])
+            gshift += g.sum((0, 1, 3))
+            p = g * xc
+        else:  # an fp32 copy of the chunk: gx rounded once from it, then the products in place
+            p = g.to(cdt)
+            gshift += p.sum((0, 1, 3))
+            gxs[t:t + step].copy_(p * sc)
+            p.mul_(xc)
+        gscale += p.sum((0, 1, 3))
+        del p  # before the next chunk's
     return gx, gscale, gshift, grad_u if residual is not None else None
 
 

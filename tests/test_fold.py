@@ -558,3 +558,44 @@ def test_module_unfused_path_when_the_node_cannot_fold():
     assert b.neuron.v_seq is not None  # it did take the unfused path
     for p, q in zip(*out):
         assert rel_err(q, p) < RTOL[torch.float64]
+
+
+def _peak_allocated(fn):
+    """The most bytes that `fn` held at once through torch's CPU allocator (the profiler's
+    memory events: every allocation, a TensorIterator's internal dtype copies included)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
+                                profile_memory=True) as prof:
+        fn()
+    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
+                    key=lambda e: e.start_ns())
+    now = peak = 0
+    for e in events:
+        now += e.nbytes()
+        peak = max(peak, now)
+    return peak
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fold_grads_make_no_full_size_temporaries(dtype):
+    """The fold's backward formula (the gradients of x, scale and shift from that of u) holds,
+    beside its output gx, under 3/8 of [T, N]'s fp32 bytes at once (it runs over chunks of time
+    steps), with the values of the one-pass formula: what it added at the backward's peak was a
+    full-size fp32 product, and in bf16 fp32 copies of the gradient, x and gx besides (8 and 14
+    bytes per element in all, against 4.5 and 3 now)."""
+    from clif_kernels.ops import _fold_grads
+    g = torch.Generator().manual_seed(0)
+    T, C = 8, 16
+    x = torch.randn((T, 2, C, 16, 16), generator=g).to(dtype)
+    gu = torch.randn((T, 2, C, 16, 16), generator=g).to(dtype)
+    scale = torch.rand(C, generator=g) + 0.5
+    out = []
+    peak = _peak_allocated(lambda: out.extend(_fold_grads(gu, x, scale, None, 16 * 16)))
+    gx, gscale, gshift, gres = out
+    assert gres is None
+    assert peak <= x.numel() * (x.element_size() + 1.5)  # gx + 3/8 of fp32 [T, N]
+    # The one-pass formula's values: gx exactly, the sums to fp32 rounding.
+    shape = (T, 2, C, 256)
+    u32 = gu.view(shape).float()
+    assert torch.equal(gx, (u32 * scale.view(C, 1)).to(dtype).view(x.shape))
+    torch.testing.assert_close(gscale, (u32 * x.view(shape).float()).sum((0, 1, 3)))
+    torch.testing.assert_close(gshift, u32.sum((0, 1, 3)))
