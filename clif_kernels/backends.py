@@ -209,11 +209,11 @@ def _constant_under_compile(fn):
 def resolve_backend(backend, device: torch.device, dtype: torch.dtype) -> str:
     """Map "auto" to the fastest backend that runs here; check that a named one can run, and
     make its op pair ready (`REGISTRY[name].op_pair()`). Returns the backend's name."""
+    key = (backend, device, dtype)
     if type(backend) is str:  # every call asks again: answered from what it found before
-        name = _RESOLVED.get((backend, device, dtype))
+        name = _RESOLVED.get(key)
         if name is not None:
             return name
-    key = (backend, device, dtype)
     backend = check_backend_name(backend)
     if backend == "auto":
         name = next((n for n in auto_order(device.type)

@@ -237,7 +237,6 @@ def _fold_grads(grad_u, x, scale, residual, inner):
     steps, each chunk's gx computed in the compute dtype and rounded once to x's dtype: no
     full-size temporary beside the output gx (a one-pass formula makes a full-size product, and
     in 16-bit storage fp32 copies of grad_u, x and gx besides, each twice x's size)."""
-    gx = gscale = gshift = None
     if scale is None:
         return grad_u, None, None, grad_u if residual is not None else None
     T, N = x.shape[0], math.prod(x.shape[1:])
@@ -254,7 +253,7 @@ def _fold_grads(grad_u, x, scale, residual, inner):
     gx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     gxs = gx.view(shape)
     chunks = min(T, _FOLD_CHUNKS) if x.numel() >= _FOLD_CHUNK_MIN else 1
-    step = -(-T // max(chunks, 1)) if T else 1
+    step = -(-T // chunks) if T else 1
     gscale = torch.zeros(C, dtype=cdt, device=x.device)
     gshift = torch.zeros(C, dtype=cdt, device=x.device)
     for t in range(0, T, step):
