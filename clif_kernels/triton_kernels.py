@@ -119,13 +119,14 @@ def _affine_of(scale_ptr, shift_ptr, p_n, mask, inner, C, HAS_SCALE: tl.constexp
 
 @triton.jit
 def _fold(b_x, b_fs, b_fb, res_ptr, t, T, N, p_n, mask, FOLD: tl.constexpr,
-          HAS_RES: tl.constexpr, BLOCK: tl.constexpr):
+          HAS_RES: tl.constexpr, WHOLE: tl.constexpr, BLOCK: tl.constexpr):
     """u = x * scale + shift (+ residual row t): the neuron's input under the fold, the same
-    code in the forward and in the backward's recompute."""
+    code in the forward and in the backward's recompute. WHOLE: row t exists (see
+    _segment_load)."""
     if FOLD:
         b_x = b_x * b_fs + b_fb
         if HAS_RES:
-            b_x += _segment_load(res_ptr, t, T, N, p_n, mask, True, BLOCK)
+            b_x += _segment_load(res_ptr, t, T, N, p_n, mask, True, WHOLE, BLOCK)
     return b_x
 
 
@@ -197,7 +198,7 @@ def _fwd_body(x_ptr, v0_ptr, m0_ptr, s_ptr, vT_ptr, mT_ptr, ckpt_ptr, T, N,
             b_xn = tl.load(p_x + N, mask=mask & (t + 1 < T), other=0.0).to(tl.float32)
         else:
             b_x = tl.load(p_x, mask=mask, other=0.0).to(tl.float32)
-        b_x = _fold(b_x, b_fs, b_fb, res_ptr, t, T, N, p_n, mask, FOLD, HAS_RES, BLOCK)
+        b_x = _fold(b_x, b_fs, b_fb, res_ptr, t, T, N, p_n, mask, FOLD, HAS_RES, True, BLOCK)
         b_h, b_s, b_v, b_m = _neuron_step(b_v, b_m, b_x, gamma, c, b, inv_tau, th, v_reset,
                                           HARD_RESET, IS_CLIF)
         tl.store(p_s, b_s.to(s_ptr.dtype.element_ty), mask=mask)
@@ -243,13 +244,17 @@ def _neuron_step_backward(b_h, b_mp, b_gs, b_gv, b_gm, gamma, c, inv_tau, th, v_
 
 
 @triton.jit
-def _segment_load(ptr, t, T, N, p_n, mask, HAS: tl.constexpr, BLOCK: tl.constexpr):
-    """Row t of a [T, N] tensor as fp32 (zeros when absent). Past T (a last, partial segment)
-    it reads row T - 1 again, whose values the walk never uses: a load under the scalar
-    condition t < T became a branch of its own, and ptxas then issued each row's load right
-    before its use instead of all of them first."""
+def _segment_load(ptr, t, T, N, p_n, mask, HAS: tl.constexpr, WHOLE: tl.constexpr,
+                  BLOCK: tl.constexpr):
+    """Row t of a [T, N] tensor as fp32 (zeros when absent). Unless the segments are WHOLE, a
+    row past T (in a last, partial segment) reads row T - 1 again, whose values the walk never
+    uses: a load under the scalar condition t < T became a branch of its own, and ptxas then
+    issued each row's load right before its use instead of all of them first."""
     if HAS:
-        row = tl.minimum(t, T - 1).to(tl.int64)
+        if WHOLE:
+            row = tl.cast(t, tl.int64)
+        else:
+            row = tl.minimum(t, T - 1).to(tl.int64)
         b = tl.load(ptr + row * N + p_n, mask=mask, other=0.0)
         b = b.to(tl.float32)
     else:
@@ -266,16 +271,23 @@ def _bits(b):
 @triton.jit
 def _walk_step(b_h, b_mp, b_gs, b_gv, b_gm, t, T, N, gx_ptr, p_n, mask, gamma, c, inv_tau, th,
                v_reset, alpha, inv_alpha, beta, HARD_RESET: tl.constexpr,
-               IS_CLIF: tl.constexpr, DETACH_RESET: tl.constexpr, SURROGATE: tl.constexpr):
-    """Step t of the reverse walk: stores grad_x_t and returns the carried gradients, which stay
-    as they are past T (the steps of a last, partial segment that do not exist)."""
+               IS_CLIF: tl.constexpr, DETACH_RESET: tl.constexpr, SURROGATE: tl.constexpr,
+               WHOLE: tl.constexpr):
+    """Step t of the reverse walk: stores grad_x_t and returns the carried gradients, which
+    (unless the segments are WHOLE) stay as they are past T, in the steps of a last, partial
+    segment that do not exist."""
     b_gx, b_gv1, b_gm1 = _neuron_step_backward(
         b_h, b_mp, b_gs, b_gv, b_gm, gamma, c, inv_tau, th, v_reset, alpha, inv_alpha, beta,
         HARD_RESET, IS_CLIF, DETACH_RESET, SURROGATE)
-    live = t < T
-    tl.store(gx_ptr + t.to(tl.int64) * N + p_n, b_gx.to(gx_ptr.dtype.element_ty),
-             mask=mask & live)
-    return tl.where(live, b_gv1, b_gv), tl.where(live, b_gm1, b_gm)
+    p_gx = gx_ptr + t.to(tl.int64) * N + p_n
+    if WHOLE:
+        tl.store(p_gx, b_gx.to(gx_ptr.dtype.element_ty), mask=mask)
+        b_gv, b_gm = b_gv1, b_gm1
+    else:
+        live = t < T
+        tl.store(p_gx, b_gx.to(gx_ptr.dtype.element_ty), mask=mask & live)
+        b_gv, b_gm = tl.where(live, b_gv1, b_gv), tl.where(live, b_gm1, b_gm)
+    return b_gv, b_gm
 
 
 @triton.jit
@@ -285,11 +297,11 @@ def clif_bwd_kernel(x_ptr, v0_ptr, m0_ptr, ckpt_ptr, gs_ptr, gvT_ptr, gmT_ptr,
                     HAS_V0: tl.constexpr, HAS_M0: tl.constexpr, HAS_GS: tl.constexpr,
                     HAS_GVT: tl.constexpr, HAS_GMT: tl.constexpr, HARD_RESET: tl.constexpr,
                     IS_CLIF: tl.constexpr, DETACH_RESET: tl.constexpr, SURROGATE: tl.constexpr,
-                    K: tl.constexpr, BLOCK: tl.constexpr):
+                    K: tl.constexpr, WHOLE: tl.constexpr, BLOCK: tl.constexpr):
     _bwd_body(x_ptr, v0_ptr, m0_ptr, ckpt_ptr, gs_ptr, gvT_ptr, gmT_ptr, gx_ptr, gv0_ptr,
               gm0_ptr, T, N, gamma, c, b, inv_tau, th, v_reset, v_init, alpha, beta,
               x_ptr, x_ptr, x_ptr, 1, 1, HAS_V0, HAS_M0, HAS_GS, HAS_GVT, HAS_GMT, HARD_RESET,
-              IS_CLIF, DETACH_RESET, SURROGATE, K, BLOCK, False, False, False)
+              IS_CLIF, DETACH_RESET, SURROGATE, K, WHOLE, BLOCK, False, False, False)
 
 
 @triton.jit
@@ -301,13 +313,13 @@ def clif_fold_bwd_kernel(x_ptr, v0_ptr, m0_ptr, ckpt_ptr, gs_ptr, gvT_ptr, gmT_p
                          HAS_GVT: tl.constexpr, HAS_GMT: tl.constexpr,
                          HARD_RESET: tl.constexpr, IS_CLIF: tl.constexpr,
                          DETACH_RESET: tl.constexpr, SURROGATE: tl.constexpr, K: tl.constexpr,
-                         BLOCK: tl.constexpr, FOLD: tl.constexpr, HAS_SCALE: tl.constexpr,
-                         HAS_RES: tl.constexpr):
+                         WHOLE: tl.constexpr, BLOCK: tl.constexpr, FOLD: tl.constexpr,
+                         HAS_SCALE: tl.constexpr, HAS_RES: tl.constexpr):
     _bwd_body(x_ptr, v0_ptr, m0_ptr, ckpt_ptr, gs_ptr, gvT_ptr, gmT_ptr, gx_ptr, gv0_ptr,
               gm0_ptr, T, N, gamma, c, b, inv_tau, th, v_reset, v_init, alpha, beta,
               scale_ptr, shift_ptr, res_ptr, inner, C, HAS_V0, HAS_M0, HAS_GS, HAS_GVT,
-              HAS_GMT, HARD_RESET, IS_CLIF, DETACH_RESET, SURROGATE, K, BLOCK, FOLD, HAS_SCALE,
-              HAS_RES)
+              HAS_GMT, HARD_RESET, IS_CLIF, DETACH_RESET, SURROGATE, K, WHOLE, BLOCK, FOLD,
+              HAS_SCALE, HAS_RES)
 
 
 @triton.jit
@@ -318,12 +330,16 @@ def _bwd_body(x_ptr, v0_ptr, m0_ptr, ckpt_ptr, gs_ptr, gvT_ptr, gmT_ptr,
               HAS_V0: tl.constexpr, HAS_M0: tl.constexpr, HAS_GS: tl.constexpr,
               HAS_GVT: tl.constexpr, HAS_GMT: tl.constexpr, HARD_RESET: tl.constexpr,
               IS_CLIF: tl.constexpr, DETACH_RESET: tl.constexpr, SURROGATE: tl.constexpr,
-              K: tl.constexpr, BLOCK: tl.constexpr, FOLD: tl.constexpr,
+              K: tl.constexpr, WHOLE: tl.constexpr, BLOCK: tl.constexpr, FOLD: tl.constexpr,
               HAS_SCALE: tl.constexpr, HAS_RES: tl.constexpr):
     # The segment is unrolled by hand, one register vector per step and quantity: Triton has no
-    # arrays of tensors, and tiles cost layout changes. K is 8 (the launcher checks). With the
-    # fold, the residual rows are loaded in the recompute, at their use (the segment's x and
-    # grad_spikes rows already fill the registers).
+    # arrays of tensors, and tiles cost layout changes. K (1 to 8) is the segment's length;
+    # steps S >= K are compiled out (`if K > S`). WHOLE: K divides T, so no segment reaches
+    # past T, and the loop has no clamped rows and no per-step checks against T (about 12
+    # instructions per element-step and 13 registers less on sm_90; compiling both kinds of
+    # segment into one kernel made ptxas spill). With the fold, the residual rows are loaded in
+    # the recompute, at their use (the segment's x and grad_spikes rows already fill the
+    # registers).
     pid = tl.program_id(0)
     p_n = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = p_n < N
@@ -341,22 +357,22 @@ def _bwd_body(x_ptr, v0_ptr, m0_ptr, ckpt_ptr, gs_ptr, gvT_ptr, gmT_ptr,
         j = n_seg - 1 - jj
         t0 = j * K
         # Every load of the segment first: one wait on memory per segment.
-        x0 = _segment_load(x_ptr, t0 + 0, T, N, p_n, mask, True, BLOCK)
-        x1 = _segment_load(x_ptr, t0 + 1, T, N, p_n, mask, True, BLOCK)
-        x2 = _segment_load(x_ptr, t0 + 2, T, N, p_n, mask, True, BLOCK)
-        x3 = _segment_load(x_ptr, t0 + 3, T, N, p_n, mask, True, BLOCK)
-        x4 = _segment_load(x_ptr, t0 + 4, T, N, p_n, mask, True, BLOCK)
-        x5 = _segment_load(x_ptr, t0 + 5, T, N, p_n, mask, True, BLOCK)
-        x6 = _segment_load(x_ptr, t0 + 6, T, N, p_n, mask, True, BLOCK)
-        x7 = _segment_load(x_ptr, t0 + 7, T, N, p_n, mask, True, BLOCK)
-        g0 = _segment_load(gs_ptr, t0 + 0, T, N, p_n, mask, HAS_GS, BLOCK)
-        g1 = _segment_load(gs_ptr, t0 + 1, T, N, p_n, mask, HAS_GS, BLOCK)
-        g2 = _segment_load(gs_ptr, t0 + 2, T, N, p_n, mask, HAS_GS, BLOCK)
-        g3 = _segment_load(gs_ptr, t0 + 3, T, N, p_n, mask, HAS_GS, BLOCK)
-        g4 = _segment_load(gs_ptr, t0 + 4, T, N, p_n, mask, HAS_GS, BLOCK)
-        g5 = _segment_load(gs_ptr, t0 + 5, T, N, p_n, mask, HAS_GS, BLOCK)
-        g6 = _segment_load(gs_ptr, t0 + 6, T, N, p_n, mask, HAS_GS, BLOCK)
-        g7 = _segment_load(gs_ptr, t0 + 7, T, N, p_n, mask, HAS_GS, BLOCK)
+        x0 = _segment_load(x_ptr, t0 + 0, T, N, p_n, mask, True, WHOLE, BLOCK)
+        x1 = _segment_load(x_ptr, t0 + 1, T, N, p_n, mask, K > 1, WHOLE, BLOCK)
+        x2 = _segment_load(x_ptr, t0 + 2, T, N, p_n, mask, K > 2, WHOLE, BLOCK)
+        x3 = _segment_load(x_ptr, t0 + 3, T, N, p_n, mask, K > 3, WHOLE, BLOCK)
+        x4 = _segment_load(x_ptr, t0 + 4, T, N, p_n, mask, K > 4, WHOLE, BLOCK)
+        x5 = _segment_load(x_ptr, t0 + 5, T, N, p_n, mask, K > 5, WHOLE, BLOCK)
+        x6 = _segment_load(x_ptr, t0 + 6, T, N, p_n, mask, K > 6, WHOLE, BLOCK)
+        x7 = _segment_load(x_ptr, t0 + 7, T, N, p_n, mask, K > 7, WHOLE, BLOCK)
+        g0 = _segment_load(gs_ptr, t0 + 0, T, N, p_n, mask, HAS_GS, WHOLE, BLOCK)
+        g1 = _segment_load(gs_ptr, t0 + 1, T, N, p_n, mask, HAS_GS and K > 1, WHOLE, BLOCK)
+        g2 = _segment_load(gs_ptr, t0 + 2, T, N, p_n, mask, HAS_GS and K > 2, WHOLE, BLOCK)
+        g3 = _segment_load(gs_ptr, t0 + 3, T, N, p_n, mask, HAS_GS and K > 3, WHOLE, BLOCK)
+        g4 = _segment_load(gs_ptr, t0 + 4, T, N, p_n, mask, HAS_GS and K > 4, WHOLE, BLOCK)
+        g5 = _segment_load(gs_ptr, t0 + 5, T, N, p_n, mask, HAS_GS and K > 5, WHOLE, BLOCK)
+        g6 = _segment_load(gs_ptr, t0 + 6, T, N, p_n, mask, HAS_GS and K > 6, WHOLE, BLOCK)
+        g7 = _segment_load(gs_ptr, t0 + 7, T, N, p_n, mask, HAS_GS and K > 7, WHOLE, BLOCK)
         # State before the segment: the initial state, or the forward's checkpoint. Both are
         # loaded (each masked off where it is not wanted) and one is selected, so that the loop
         # body stays one basic block; a branch here let ptxas issue the checkpoint's loads after
@@ -376,71 +392,94 @@ def _bwd_body(x_ptr, v0_ptr, m0_ptr, ckpt_ptr, gs_ptr, gvT_ptr, gmT_ptr,
         # needs, is made to depend on every other value loaded above, through bits that are
         # always zero (N is never negative) but that no compiler can prove zero: all the loads
         # must then be issued before the first step, and the segment waits on memory once.
-        # (`T < 0` would not do: inside the loop LLVM knows T >= 1 and folds it away.)
+        # (`T < 0` would not do: inside the loop LLVM knows T >= 1 and folds it away.) The
+        # rows of steps compiled out are constant zeros, which drop out of the OR.
         never = tl.where(N < 0, -1, 0)
         dep = _bits(x1) | _bits(x2) | _bits(x3) | _bits(x4) | _bits(x5) | _bits(x6) | _bits(x7)
         dep = dep | _bits(g0) | _bits(g1) | _bits(g2) | _bits(g3) | _bits(g4) | _bits(g5)
         dep = dep | _bits(g6) | _bits(g7) | _bits(b_v) | _bits(b_m)
         x0 = (_bits(x0) | (dep & never)).to(tl.float32, bitcast=True)
-        # Recompute h_t and m_{t-1}, all the backward needs (steps past T compute on zeros and
-        # are never read).
+        # Recompute h_t and m_{t-1}, all the backward needs (unless WHOLE, steps past T compute
+        # on clamped rows and are never read).
         mp0 = b_m
-        x0 = _fold(x0, b_fs, b_fb, res_ptr, t0 + 0, T, N, p_n, mask, FOLD, HAS_RES, BLOCK)
+        x0 = _fold(x0, b_fs, b_fb, res_ptr, t0 + 0, T, N, p_n, mask, FOLD, HAS_RES,
+                   WHOLE, BLOCK)
         h0, _, b_v, b_m = _neuron_step(b_v, b_m, x0, gamma, c, b, inv_tau, th, v_reset,
                                        HARD_RESET, IS_CLIF)
-        mp1 = b_m
-        x1 = _fold(x1, b_fs, b_fb, res_ptr, t0 + 1, T, N, p_n, mask, FOLD, HAS_RES, BLOCK)
-        h1, _, b_v, b_m = _neuron_step(b_v, b_m, x1, gamma, c, b, inv_tau, th, v_reset,
-                                       HARD_RESET, IS_CLIF)
-        mp2 = b_m
-        x2 = _fold(x2, b_fs, b_fb, res_ptr, t0 + 2, T, N, p_n, mask, FOLD, HAS_RES, BLOCK)
-        h2, _, b_v, b_m = _neuron_step(b_v, b_m, x2, gamma, c, b, inv_tau, th, v_reset,
-                                       HARD_RESET, IS_CLIF)
-        mp3 = b_m
-        x3 = _fold(x3, b_fs, b_fb, res_ptr, t0 + 3, T, N, p_n, mask, FOLD, HAS_RES, BLOCK)
-        h3, _, b_v, b_m = _neuron_step(b_v, b_m, x3, gamma, c, b, inv_tau, th, v_reset,
-                                       HARD_RESET, IS_CLIF)
-        mp4 = b_m
-        x4 = _fold(x4, b_fs, b_fb, res_ptr, t0 + 4, T, N, p_n, mask, FOLD, HAS_RES, BLOCK)
-        h4, _, b_v, b_m = _neuron_step(b_v, b_m, x4, gamma, c, b, inv_tau, th, v_reset,
-                                       HARD_RESET, IS_CLIF)
-        mp5 = b_m
-        x5 = _fold(x5, b_fs, b_fb, res_ptr, t0 + 5, T, N, p_n, mask, FOLD, HAS_RES, BLOCK)
-        h5, _, b_v, b_m = _neuron_step(b_v, b_m, x5, gamma, c, b, inv_tau, th, v_reset,
-                                       HARD_RESET, IS_CLIF)
-        mp6 = b_m
-        x6 = _fold(x6, b_fs, b_fb, res_ptr, t0 + 6, T, N, p_n, mask, FOLD, HAS_RES, BLOCK)
-        h6, _, b_v, b_m = _neuron_step(b_v, b_m, x6, gamma, c, b, inv_tau, th, v_reset,
-                                       HARD_RESET, IS_CLIF)
-        mp7 = b_m
-        x7 = _fold(x7, b_fs, b_fb, res_ptr, t0 + 7, T, N, p_n, mask, FOLD, HAS_RES, BLOCK)
-        h7, _, b_v, b_m = _neuron_step(b_v, b_m, x7, gamma, c, b, inv_tau, th, v_reset,
-                                       HARD_RESET, IS_CLIF)
+        if K > 1:
+            mp1 = b_m
+            x1 = _fold(x1, b_fs, b_fb, res_ptr, t0 + 1, T, N, p_n, mask, FOLD, HAS_RES,
+                       WHOLE, BLOCK)
+            h1, _, b_v, b_m = _neuron_step(b_v, b_m, x1, gamma, c, b, inv_tau, th, v_reset,
+                                           HARD_RESET, IS_CLIF)
+        if K > 2:
+            mp2 = b_m
+            x2 = _fold(x2, b_fs, b_fb, res_ptr, t0 + 2, T, N, p_n, mask, FOLD, HAS_RES,
+                       WHOLE, BLOCK)
+            h2, _, b_v, b_m = _neuron_step(b_v, b_m, x2, gamma, c, b, inv_tau, th, v_reset,
+                                           HARD_RESET, IS_CLIF)
+        if K > 3:
+            mp3 = b_m
+            x3 = _fold(x3, b_fs, b_fb, res_ptr, t0 + 3, T, N, p_n, mask, FOLD, HAS_RES,
+                       WHOLE, BLOCK)
+            h3, _, b_v, b_m = _neuron_step(b_v, b_m, x3, gamma, c, b, inv_tau, th, v_reset,
+                                           HARD_RESET, IS_CLIF)
+        if K > 4:
+            mp4 = b_m
+            x4 = _fold(x4, b_fs, b_fb, res_ptr, t0 + 4, T, N, p_n, mask, FOLD, HAS_RES,
+                       WHOLE, BLOCK)
+            h4, _, b_v, b_m = _neuron_step(b_v, b_m, x4, gamma, c, b, inv_tau, th, v_reset,
+                                           HARD_RESET, IS_CLIF)
+        if K > 5:
+            mp5 = b_m
+            x5 = _fold(x5, b_fs, b_fb, res_ptr, t0 + 5, T, N, p_n, mask, FOLD, HAS_RES,
+                       WHOLE, BLOCK)
+            h5, _, b_v, b_m = _neuron_step(b_v, b_m, x5, gamma, c, b, inv_tau, th, v_reset,
+                                           HARD_RESET, IS_CLIF)
+        if K > 6:
+            mp6 = b_m
+            x6 = _fold(x6, b_fs, b_fb, res_ptr, t0 + 6, T, N, p_n, mask, FOLD, HAS_RES,
+                       WHOLE, BLOCK)
+            h6, _, b_v, b_m = _neuron_step(b_v, b_m, x6, gamma, c, b, inv_tau, th, v_reset,
+                                           HARD_RESET, IS_CLIF)
+        if K > 7:
+            mp7 = b_m
+            x7 = _fold(x7, b_fs, b_fb, res_ptr, t0 + 7, T, N, p_n, mask, FOLD, HAS_RES,
+                       WHOLE, BLOCK)
+            h7, _, b_v, b_m = _neuron_step(b_v, b_m, x7, gamma, c, b, inv_tau, th, v_reset,
+                                           HARD_RESET, IS_CLIF)
         # Walk the segment backwards (spec, Backward).
-        b_gv, b_gm = _walk_step(h7, mp7, g7, b_gv, b_gm, t0 + 7, T, N, gx_ptr, p_n, mask, gamma,
-                                c, inv_tau, th, v_reset, alpha, inv_alpha, beta, HARD_RESET,
-                                IS_CLIF, DETACH_RESET, SURROGATE)
-        b_gv, b_gm = _walk_step(h6, mp6, g6, b_gv, b_gm, t0 + 6, T, N, gx_ptr, p_n, mask, gamma,
-                                c, inv_tau, th, v_reset, alpha, inv_alpha, beta, HARD_RESET,
-                                IS_CLIF, DETACH_RESET, SURROGATE)
-        b_gv, b_gm = _walk_step(h5, mp5, g5, b_gv, b_gm, t0 + 5, T, N, gx_ptr, p_n, mask, gamma,
-                                c, inv_tau, th, v_reset, alpha, inv_alpha, beta, HARD_RESET,
-                                IS_CLIF, DETACH_RESET, SURROGATE)
-        b_gv, b_gm = _walk_step(h4, mp4, g4, b_gv, b_gm, t0 + 4, T, N, gx_ptr, p_n, mask, gamma,
-                                c, inv_tau, th, v_reset, alpha, inv_alpha, beta, HARD_RESET,
-                                IS_CLIF, DETACH_RESET, SURROGATE)
-        b_gv, b_gm = _walk_step(h3, mp3, g3, b_gv, b_gm, t0 + 3, T, N, gx_ptr, p_n, mask, gamma,
-                                c, inv_tau, th, v_reset, alpha, inv_alpha, beta, HARD_RESET,
-                                IS_CLIF, DETACH_RESET, SURROGATE)
-        b_gv, b_gm = _walk_step(h2, mp2, g2, b_gv, b_gm, t0 + 2, T, N, gx_ptr, p_n, mask, gamma,
-                                c, inv_tau, th, v_reset, alpha, inv_alpha, beta, HARD_RESET,
-                                IS_CLIF, DETACH_RESET, SURROGATE)
-        b_gv, b_gm = _walk_step(h1, mp1, g1, b_gv, b_gm, t0 + 1, T, N, gx_ptr, p_n, mask, gamma,
-                                c, inv_tau, th, v_reset, alpha, inv_alpha, beta, HARD_RESET,
-                                IS_CLIF, DETACH_RESET, SURROGATE)
-        b_gv, b_gm = _walk_step(h0, mp0, g0, b_gv, b_gm, t0 + 0, T, N, gx_ptr, p_n, mask, gamma,
-                                c, inv_tau, th, v_reset, alpha, inv_alpha, beta, HARD_RESET,
-                                IS_CLIF, DETACH_RESET, SURROGATE)
+        if K > 7:
+            b_gv, b_gm = _walk_step(h7, mp7, g7, b_gv, b_gm, t0 + 7, T, N, gx_ptr, p_n, mask,
+                                    gamma, c, inv_tau, th, v_reset, alpha, inv_alpha, beta,
+                                    HARD_RESET, IS_CLIF, DETACH_RESET, SURROGATE, WHOLE)
+        if K > 6:
+            b_gv, b_gm = _walk_step(h6, mp6, g6, b_gv, b_gm, t0 + 6, T, N, gx_ptr, p_n, mask,
+                                    gamma, c, inv_tau, th, v_reset, alpha, inv_alpha, beta,
+                                    HARD_RESET, IS_CLIF, DETACH_RESET, SURROGATE, WHOLE)
+        if K > 5:
+            b_gv, b_gm = _walk_step(h5, mp5, g5, b_gv, b_gm, t0 + 5, T, N, gx_ptr, p_n, mask,
+                                    gamma, c, inv_tau, th, v_reset, alpha, inv_alpha, beta,
+                                    HARD_RESET, IS_CLIF, DETACH_RESET, SURROGATE, WHOLE)
+        if K > 4:
+            b_gv, b_gm = _walk_step(h4, mp4, g4, b_gv, b_gm, t0 + 4, T, N, gx_ptr, p_n, mask,
+                                    gamma, c, inv_tau, th, v_reset, alpha, inv_alpha, beta,
+                                    HARD_RESET, IS_CLIF, DETACH_RESET, SURROGATE, WHOLE)
+        if K > 3:
+            b_gv, b_gm = _walk_step(h3, mp3, g3, b_gv, b_gm, t0 + 3, T, N, gx_ptr, p_n, mask,
+                                    gamma, c, inv_tau, th, v_reset, alpha, inv_alpha, beta,
+                                    HARD_RESET, IS_CLIF, DETACH_RESET, SURROGATE, WHOLE)
+        if K > 2:
+            b_gv, b_gm = _walk_step(h2, mp2, g2, b_gv, b_gm, t0 + 2, T, N, gx_ptr, p_n, mask,
+                                    gamma, c, inv_tau, th, v_reset, alpha, inv_alpha, beta,
+                                    HARD_RESET, IS_CLIF, DETACH_RESET, SURROGATE, WHOLE)
+        if K > 1:
+            b_gv, b_gm = _walk_step(h1, mp1, g1, b_gv, b_gm, t0 + 1, T, N, gx_ptr, p_n, mask,
+                                    gamma, c, inv_tau, th, v_reset, alpha, inv_alpha, beta,
+                                    HARD_RESET, IS_CLIF, DETACH_RESET, SURROGATE, WHOLE)
+        b_gv, b_gm = _walk_step(h0, mp0, g0, b_gv, b_gm, t0 + 0, T, N, gx_ptr, p_n, mask,
+                                gamma, c, inv_tau, th, v_reset, alpha, inv_alpha, beta,
+                                HARD_RESET, IS_CLIF, DETACH_RESET, SURROGATE, WHOLE)
     if HAS_V0:
         tl.store(gv0_ptr + p_n, b_gv.to(gv0_ptr.dtype.element_ty), mask=mask)
     if HAS_M0:
@@ -532,7 +571,16 @@ def _scalars(o):
 
 
 # The backward unrolls a segment by hand, step by step.
-assert CKPT_EVERY == 8, "clif_bwd_kernel is written for segments of 8 steps"
+assert CKPT_EVERY == 8, "clif_bwd_kernel is written for segments of at most 8 steps"
+
+
+def bwd_segments(T):
+    """(K, WHOLE) of the current backward for T steps: one segment of T steps when T fits in
+    one (no checkpoints then, so its length is free), else the forward's checkpoint interval;
+    WHOLE when the segments tile T exactly, which compiles the loop without clamps or per-step
+    checks against T (T = 0 runs no segment at all)."""
+    k = min(max(T, 1), CKPT_EVERY)
+    return k, T % k == 0
 
 
 def previous_kernels():
@@ -620,12 +668,14 @@ def clif_bwd(x, v0, m0, ckpt, grad_spikes, grad_vT, grad_mT, o, scale=None, shif
     block = FOLD_BWD_BLOCK if fold_flags["FOLD"] else BWD_BLOCK
     grid = (triton.cdiv(N, block),)
     # The previous (tiled) backward has no fold: folded calls take the current design's.
+    k, whole = bwd_segments(T)
     if fold_flags["FOLD"]:
-        kernel, extra, extra_args = clif_fold_bwd_kernel, fold_flags, fold_args
+        kernel, extra, extra_args = clif_fold_bwd_kernel, dict(fold_flags, WHOLE=whole), fold_args
     elif previous_kernels():
         kernel, extra, extra_args = clif_bwd_tiled_kernel, {}, ()
+        k = CKPT_EVERY
     else:
-        kernel, extra, extra_args = clif_bwd_kernel, {}, ()
+        kernel, extra, extra_args = clif_bwd_kernel, dict(WHOLE=whole), ()
     kernel[grid](
         x, v0 if v0 is not None else x, m0 if has_m0 else x, ckpt if ckpt.numel() else x,
         grad_spikes if grad_spikes is not None else x,
@@ -636,5 +686,5 @@ def clif_bwd(x, v0, m0, ckpt, grad_spikes, grad_vT, grad_mT, o, scale=None, shif
         HAS_V0=v0 is not None, HAS_M0=has_m0, HAS_GS=grad_spikes is not None,
         HAS_GVT=grad_vT is not None, HAS_GMT=grad_mT is not None and is_clif,
         HARD_RESET=o.v_reset is not None, IS_CLIF=is_clif, DETACH_RESET=o.detach_reset,
-        SURROGATE=o.surrogate, K=CKPT_EVERY, BLOCK=block, num_warps=BWD_WARPS, **extra)
+        SURROGATE=o.surrogate, K=k, BLOCK=block, num_warps=BWD_WARPS, **extra)
     return gx, gv0, gm0

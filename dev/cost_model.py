@@ -402,6 +402,10 @@ def _triton_row(fn, ce, dtype, ckpt_dtype, kernel, warps, label):
         flags.append(f"SURROGATE={ce['SURROGATE']}")
     if not ce.get("HAS_V0"):
         flags.append("no optional inputs")
+    if ce.get("K", 8) != 8:
+        flags.append(f"K={ce['K']}")
+    if ce.get("WHOLE") is False:
+        flags.append("partial segment")
     if ckpt_dtype != "fp32":
         flags.append(f"ckpt ptr {ckpt_dtype}")
     row = _row("triton", kind, dtype, {"fp32": 4}.get(dtype, 2), ",".join(flags) or "-", neuron,
@@ -424,7 +428,7 @@ def triton_rows(arch=90):
 
 
 def triton_bench_rows(module, label, arch=90, fwd_block=None, fwd_warps=None, extra_fwd=None,
-                      bwd_fn=None):
+                      bwd_fn=None, extra_bwd=None):
     """The fp32 and bf16 forward and backward of a Triton kernel module (this tree's, or an older
     revision's) as the benchmark runs them, compiled for sm_<arch>."""
     from triton.backends.compiler import GPUTarget
@@ -441,7 +445,7 @@ def triton_bench_rows(module, label, arch=90, fwd_block=None, fwd_warps=None, ex
                            target=target, options={"num_warps": warps})
         rows.append(dict(_triton_row(fn, ce, dtype, "fp32", k, warps, label), bench=True))
         fn = bwd_fn or module.clif_bwd_kernel
-        ce = dict(BENCH_BWD, K=8, BLOCK=module.BWD_BLOCK)
+        ce = dict(BENCH_BWD, **(extra_bwd or {}), K=8, BLOCK=module.BWD_BLOCK)
         # T <= 8: the launcher passes x for the checkpoint pointer.
         k = triton.compile(triton_aot._source(fn, triton_aot._signature(fn, ce, dtype, dtype),
                                               ce, True),
@@ -579,7 +583,8 @@ def current_bench_rows(arch=90, cuda=True):
     rows = cuda_rows(arch) if cuda else []
     rows += triton_bench_rows(
         tk, "current", arch, fwd_block=lambda d: tk.FWD_BLOCK if d == "fp32"
-        else tk.FWD_BLOCK_16BIT, extra_fwd=dict(STORE_STATE=False, PREFETCH=True))
+        else tk.FWD_BLOCK_16BIT, extra_fwd=dict(STORE_STATE=False, PREFETCH=True),
+        extra_bwd=dict(WHOLE=tk.bwd_segments(8)[1]))
     rows += triton_bench_rows(tk, "previous", arch, extra_fwd=dict(STORE_STATE=False,
                                                                   PREFETCH=False),
                               bwd_fn=tk.clif_bwd_tiled_kernel)

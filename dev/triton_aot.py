@@ -47,7 +47,9 @@ def variants():
     branch: each combination of the flags that change the arithmetic, with the presence flags
     (optional inputs and gradients) all on or all off in turn. The checkpoint pointer is fp32
     when there are checkpoints (T > K); otherwise the launcher passes `x`, so the backward is
-    also compiled with a checkpoint pointer of the storage dtype. Last, the previous kernels
+    also compiled with a checkpoint pointer of the storage dtype. The backward in both kinds of
+    loop (WHOLE: the segments tile T; or a last, partial segment), and with shorter whole
+    segments (T < 8). Last, the previous kernels
     (CLIF_KERNELS_GPU_KERNELS=previous) in fp32 and bf16."""
     out = []
     for i, (hard, clif) in enumerate(itertools.product([False, True], repeat=2)):
@@ -67,14 +69,19 @@ def variants():
         ce = dict(HAS_V0=present, HAS_M0=present, HAS_GS=present, HAS_GVT=present,
                   HAS_GMT=present, HARD_RESET=hard, IS_CLIF=clif, DETACH_RESET=detach,
                   SURROGATE=surrogate, K=tk.CKPT_EVERY, BLOCK=tk.BWD_BLOCK)
-        out.append((tk.clif_bwd_kernel, ce, "fp32", "fp32"))
+        for whole in (True, False):
+            out.append((tk.clif_bwd_kernel, dict(ce, WHOLE=whole), "fp32", "fp32"))
+    # Shorter whole segments (T < 8: one segment of T steps), in the heaviest combination.
+    for k in (1, 4, 7):
+        out.append((tk.clif_bwd_kernel, dict(zip(_BWD_FLAGS, [True] * 8), SURROGATE=1, K=k,
+                                             WHOLE=True, BLOCK=tk.BWD_BLOCK), "fp32", "fp32"))
     for dtype in ("bf16", "fp16"):
         out.append((tk.clif_fwd_kernel, dict(zip(_FWD_FLAGS, [True] * 7), K=tk.CKPT_EVERY,
                                              BLOCK=tk.FWD_BLOCK_16BIT), dtype, "fp32"))
-        for ckpt_dtype in ("fp32", dtype):
+        for ckpt_dtype, whole in (("fp32", True), ("fp32", False), (dtype, True)):
             out.append((tk.clif_bwd_kernel, dict(zip(_BWD_FLAGS, [True] * 8), SURROGATE=1,
-                                                 K=tk.CKPT_EVERY, BLOCK=tk.BWD_BLOCK), dtype,
-                        ckpt_dtype))
+                                                 K=tk.CKPT_EVERY, WHOLE=whole,
+                                                 BLOCK=tk.BWD_BLOCK), dtype, ckpt_dtype))
     for dtype in ("fp32", "bf16"):
         out.append((tk.clif_fwd_kernel, dict(zip(_FWD_FLAGS, [False, False, False, True, False,
                                                               True, False]),
@@ -99,9 +106,11 @@ def fold_variants():
             out.append((tk.clif_fold_fwd_kernel, dict(zip(_FWD_FLAGS, [True] * 7),
                                                       K=tk.CKPT_EVERY, BLOCK=block, **fold),
                         dtype, "fp32"))
-            out.append((tk.clif_fold_bwd_kernel, dict(zip(_BWD_FLAGS, [True] * 8), SURROGATE=1,
-                                                      K=tk.CKPT_EVERY, BLOCK=tk.FOLD_BWD_BLOCK,
-                                                      **fold), dtype, "fp32"))
+            for whole in (True, False):
+                out.append((tk.clif_fold_bwd_kernel, dict(zip(_BWD_FLAGS, [True] * 8),
+                                                          SURROGATE=1, K=tk.CKPT_EVERY,
+                                                          WHOLE=whole, BLOCK=tk.FOLD_BWD_BLOCK,
+                                                          **fold), dtype, "fp32"))
     return out
 
 

@@ -15,7 +15,8 @@ What the model must show of the current kernels (T = 8, N = 2^23, an H200):
 - the backward's hot loop issues a whole segment's loads before it first waits: at least 96 B
   per thread in fp32 and 48 B in fp16/bf16 (CUDA and Triton);
 - no shared memory and no barrier in the Triton backward;
-- forward + backward at least 85% of the copy bandwidth in fp32 and 70% in bf16 (CUDA);
+- forward + backward at least 85% of the copy bandwidth in fp32 and 70% in bf16 (CUDA and
+  Triton);
 - the calibration: the constants are the best fit to the H200's measurements of git 3eabc74's
   kernels, and reproduce each within 25%.
 """
@@ -142,8 +143,9 @@ def test_cuda_forward_and_backward_near_the_copy_bandwidth(cuda_rows):
 def test_triton_kernels_within_budget(triton_rows):
     _check(triton_rows)
     for r in triton_rows:
-        if r["kind"] == "bwd":
-            assert r["steps_per_iter"] == 8 * 2, r  # 2 neurons per thread
+        if r["kind"] == "bwd":  # a segment of K steps (8 unless named), 2 neurons per thread
+            k = next((int(f[2:]) for f in r["variant"].split(",") if f.startswith("K=")), 8)
+            assert r["steps_per_iter"] == k * 2, r
         else:
             assert r["steps_per_iter"] in (4, 8), r
 
@@ -166,8 +168,6 @@ def test_triton_backward_issues_a_segment_before_it_waits(triton_rows):
         assert r["first_wait_bytes"] >= IN_FLIGHT[r["dtype"]], r
 
 
-@pytest.mark.xfail(strict=True, reason="fp32 misses by the model (83% of copy): the backward's "
-                   "chain binds at 105 registers (4 blocks of 128); see benchmarks/NOTES.md")
 def test_triton_forward_and_backward_near_the_copy_bandwidth(triton_rows):
     pred = cost_model.predictions([r for r in triton_rows if r["bench"]])
     for dtype, share in SHARE.items():

@@ -128,8 +128,10 @@ def check_fold(backend, shape, dtype, kind, is_clif=True, with_state=True, seed=
         assert err <= RTOL[dtype], f"{key}: relative error {err:.3g} > {RTOL[dtype]:.3g}"
 
 
-# [T, B, C, H, W] with C odd or 1 and N = B C H W not a multiple of any block.
-SHAPES = [(1, 2, 3, 5, 7), (2, 3, 1, 7, 11), (7, 2, 5, 3, 3), (9, 1, 3, 13, 5)]
+# [T, B, C, H, W] with C odd or 1 and N = B C H W not a multiple of any block; T = 16: whole
+# segments after a checkpoint.
+SHAPES = [(1, 2, 3, 5, 7), (2, 3, 1, 7, 11), (7, 2, 5, 3, 3), (9, 1, 3, 13, 5),
+          (16, 1, 3, 3, 5)]
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -56,3 +56,33 @@ def test_unknown_kernel_variant_is_refused(monkeypatch, backend):
     x = torch.randn(3, 16, device=DEVICE[backend])
     with pytest.raises((ValueError, RuntimeError), match="CLIF_KERNELS_GPU_KERNELS"):
         clif_kernels.clif(x, backend=backend)
+
+
+@pytest.mark.parametrize("T,dtype,kw", [(4, torch.float32, dict(surrogate="sigmoid")),
+                                        (16, torch.bfloat16, dict(v_reset=0.0))])
+def test_triton_whole_segments_equal_the_partial_loop(monkeypatch, T, dtype, kw):
+    # The backward's loop over whole segments (K divides T: one segment of T steps for T <= 8)
+    # against the loop that clamps a last, partial segment, forced here: the same bits.
+    from clif_kernels import triton_kernels as tk
+    why = unavailable("triton", dtype)
+    if why is not None:
+        pytest.skip(why)
+    assert tk.bwd_segments(T) == (min(T, 8), True)
+    g = torch.Generator().manual_seed(T)
+    x = (1.5 * torch.randn(T, 3, 101, generator=g)).to(DEVICE["triton"], dtype)
+    v0 = (0.5 * torch.randn(3, 101, generator=g)).to(x)
+    m0 = (0.5 * torch.randn(3, 101, generator=g)).to(x)
+    whole = _run("triton", x, v0, m0, **kw)
+    monkeypatch.setattr(tk, "bwd_segments", lambda T: (tk.CKPT_EVERY, False))
+    partial = _run("triton", x, v0, m0, **kw)
+    names = ("spikes", "vT", "mT", "grad_x", "grad_v0", "grad_m0")
+    for name, a, b in zip(names, whole, partial):
+        assert not torch.isnan(a.float()).any(), f"{name}: NaN (an element left unwritten)"
+        assert torch.equal(a, b), f"{name}: whole-segment and partial-segment loops differ"
+
+
+def test_triton_backward_segments():
+    from clif_kernels import triton_kernels as tk
+    assert [tk.bwd_segments(T) for T in (0, 1, 4, 7, 8, 9, 16, 17, 64)] == [
+        (1, True), (1, True), (4, True), (7, True), (8, True), (8, False), (8, True),
+        (8, False), (8, True)]
