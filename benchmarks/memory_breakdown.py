@@ -8,7 +8,8 @@ per provider for the resident-set numbers to be comparable), after `--steps` tra
 
 - what autograd holds for the backward after one forward: distinct storages of the saved
   tensors, grouped by the module that saved them (convolution, BN, neuron/fold, other) and by
-  kind (spike bits, the neuron's input, the fold's residual, the neuron's checkpoints, ...);
+  kind (spike bits, the neuron's input, the fold's residual, the neuron's checkpoints,
+  autocast's lower-precision copies of the weights, ...);
 - the weights, their gradients and the optimizer's momentum;
 - the C++ backend's output cache (freed output buffers it keeps, CLIF_KERNELS_CPU_CACHE_MB);
 - the resident set through one more step: its high-water mark (VmHWM after a reset through
@@ -73,15 +74,20 @@ def saved_breakdown(model, x, y, bits, amp):
         packed = type(p) is spike_bits._Packed
         held = p.bits if packed else t
         s = held.untyped_storage()
-        where = "model"
+        where, owner = "model", None
         for name, mod in reversed(stack):
             kind = type(mod).__name__
             if kind in ("Conv2d", "Linear", "BatchNorm2d", "FoldedBatchNormNeuron",
                         "AdaptiveAvgPool2d", "Neuron", "CLIFNode"):
-                where = kind
+                where, owner = kind, mod
                 break
+        weight = getattr(owner, "weight", None)
         if packed:
             what = "spike bits"
+        elif type(t) is not torch.nn.Parameter and isinstance(weight, torch.Tensor) \
+                and t.shape == weight.shape and t.dtype != weight.dtype:
+            # autocast's lower-precision copy of the layer's weight, saved for grad_input
+            what = f"{str(t.dtype)[6:]} weight copies"
         elif type(t) is torch.nn.Parameter or t.numel() < 4096:
             what = "weights/small"
         elif t.dtype == torch.float32 and t.dim() == 3 and t.shape[1] == 2:
