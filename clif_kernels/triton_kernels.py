@@ -5,8 +5,9 @@ contiguous. Each program owns BLOCK neurons and loops over time with `v` and `m`
 
 Memory for the backward: the forward saves nothing of its own but a checkpoint of `(v, m)` every
 `CKPT_EVERY` steps after the first segment; the backward keeps the input `x` (which autograd holds
-anyway as the op's input) and recomputes each segment of CKPT_EVERY steps before walking it in
-reverse. For T <= CKPT_EVERY the saved bytes are exactly those of `x`.
+anyway as the op's input) and recomputes each segment of CKPT_EVERY steps (for T <= CKPT_EVERY,
+the one segment of T steps) before walking it in reverse. For T <= CKPT_EVERY the saved bytes are
+exactly those of `x`.
 
 Load order, for a GPU's memory latency: the forward loads step t+1's input before step t's work;
 the backward issues all of a segment's x and grad_spikes loads first (pinned there by a data
@@ -578,7 +579,8 @@ def bwd_segments(T):
     """(K, WHOLE) of the current backward for T steps: one segment of T steps when T fits in
     one (no checkpoints then, so its length is free), else the forward's checkpoint interval;
     WHOLE when the segments tile T exactly, which compiles the loop without clamps or per-step
-    checks against T (T = 0 runs no segment at all)."""
+    checks against T (T = 0 runs no segment at all). K is a compile-time constant: each T below
+    8 compiles a backward of its own on first use."""
     k = min(max(T, 1), CKPT_EVERY)
     return k, T % k == 0
 

@@ -445,6 +445,7 @@ def triton_bench_rows(module, label, arch=90, fwd_block=None, fwd_warps=None, ex
                            target=target, options={"num_warps": warps})
         rows.append(dict(_triton_row(fn, ce, dtype, "fp32", k, warps, label), bench=True))
         fn = bwd_fn or module.clif_bwd_kernel
+        # T = 8: one whole segment of the checkpoint interval (8) in every revision.
         ce = dict(BENCH_BWD, **(extra_bwd or {}), K=8, BLOCK=module.BWD_BLOCK)
         # T <= 8: the launcher passes x for the checkpoint pointer.
         k = triton.compile(triton_aot._source(fn, triton_aot._signature(fn, ce, dtype, dtype),
@@ -584,7 +585,7 @@ def current_bench_rows(arch=90, cuda=True):
     rows += triton_bench_rows(
         tk, "current", arch, fwd_block=lambda d: tk.FWD_BLOCK if d == "fp32"
         else tk.FWD_BLOCK_16BIT, extra_fwd=dict(STORE_STATE=False, PREFETCH=True),
-        extra_bwd=dict(WHOLE=tk.bwd_segments(8)[1]))
+        extra_bwd=dict(WHOLE=tk.bwd_segments(SHAPE[0])[1]))
     rows += triton_bench_rows(tk, "previous", arch, extra_fwd=dict(STORE_STATE=False,
                                                                   PREFETCH=False),
                               bwd_fn=tk.clif_bwd_tiled_kernel)

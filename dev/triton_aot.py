@@ -71,10 +71,11 @@ def variants():
                   SURROGATE=surrogate, K=tk.CKPT_EVERY, BLOCK=tk.BWD_BLOCK)
         for whole in (True, False):
             out.append((tk.clif_bwd_kernel, dict(ce, WHOLE=whole), "fp32", "fp32"))
-    # Shorter whole segments (T < 8: one segment of T steps), in the heaviest combination.
-    for k in (1, 4, 7):
+    # Shorter whole segments (T < 8: one segment of T steps, no checkpoints, so the launcher
+    # passes x for the checkpoint pointer), in the heaviest combination.
+    for k, dtype in ((1, "fp32"), (4, "fp32"), (7, "fp32"), (4, "bf16")):
         out.append((tk.clif_bwd_kernel, dict(zip(_BWD_FLAGS, [True] * 8), SURROGATE=1, K=k,
-                                             WHOLE=True, BLOCK=tk.BWD_BLOCK), "fp32", "fp32"))
+                                             WHOLE=True, BLOCK=tk.BWD_BLOCK), dtype, dtype))
     for dtype in ("bf16", "fp16"):
         out.append((tk.clif_fwd_kernel, dict(zip(_FWD_FLAGS, [True] * 7), K=tk.CKPT_EVERY,
                                              BLOCK=tk.FWD_BLOCK_16BIT), dtype, "fp32"))
@@ -111,6 +112,11 @@ def fold_variants():
                                                           SURROGATE=1, K=tk.CKPT_EVERY,
                                                           WHOLE=whole, BLOCK=tk.FOLD_BWD_BLOCK,
                                                           **fold), dtype, "fp32"))
+        # T < 8 with the fold (scale, shift and residual): one segment of T steps.
+        out.append((tk.clif_fold_bwd_kernel, dict(zip(_BWD_FLAGS, [True] * 8), SURROGATE=1,
+                                                  K=4, WHOLE=True, BLOCK=tk.FOLD_BWD_BLOCK,
+                                                  FOLD=True, HAS_SCALE=True, HAS_RES=True),
+                    dtype, dtype))
     return out
 
 
