@@ -336,11 +336,10 @@ def _bwd_body(x_ptr, v0_ptr, m0_ptr, ckpt_ptr, gs_ptr, gvT_ptr, gmT_ptr,
     # The segment is unrolled by hand, one register vector per step and quantity: Triton has no
     # arrays of tensors, and tiles cost layout changes. K (1 to 8) is the segment's length;
     # steps S >= K are compiled out (`if K > S`). WHOLE: K divides T, so no segment reaches
-    # past T, and the loop has no clamped rows and no per-step checks against T (about 12
-    # instructions per element-step and 13 registers less on sm_90; compiling both kinds of
-    # segment into one kernel made ptxas spill). With the fold, the residual rows are loaded in
-    # the recompute, at their use (the segment's x and grad_spikes rows already fill the
-    # registers).
+    # past T, and the loop has no clamped rows and no per-step checks against T: fewer
+    # instructions and registers (benchmarks/NOTES.md); both kinds of segment compiled into one
+    # kernel made ptxas spill. With the fold, the residual rows are loaded in the recompute, at
+    # their use (the segment's x and grad_spikes rows already fill the registers).
     pid = tl.program_id(0)
     p_n = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = p_n < N
