@@ -255,9 +255,11 @@ def _inside(context, runner):
     return run
 
 
-def make_data(T, batch, device, seed=0, dtype=torch.float32, classes=10):
+def make_data(T, batch, device, seed=0, dtype=torch.float32, classes=10, side=IMAGE[1]):
+    """Images of IMAGE's channels and `side` x `side` pixels (the tests' tiny runs take 16: the
+    same layers at a quarter of the work)."""
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn((T, batch) + IMAGE, generator=g).to(device=device, dtype=dtype)
+    x = torch.randn((T, batch, IMAGE[0], side, side), generator=g).to(device=device, dtype=dtype)
     y = torch.randint(0, classes, (batch,), generator=g).to(device)
     return x, y
 
@@ -290,11 +292,12 @@ def train_step(model, runner, opt, x, y, amp):
 _WRAPPED = "_checkpoint_wrapped_module."
 
 
-def loss_and_grads(provider, device, dtype, *, T, batch, width, seed=0, make_neuron=None):
+def loss_and_grads(provider, device, dtype, *, T, batch, width, seed=0, make_neuron=None,
+                   side=IMAGE[1]):
     """The loss and every parameter's gradient of one forward and backward of `provider`'s
     model on the benchmark's weights and data (no optimizer step), at `dtype` without autocast:
     what the tests hold equal across providers."""
-    x, y = make_data(T, batch, device, seed, dtype)
+    x, y = make_data(T, batch, device, seed, dtype, side=side)
     model, runner = build(provider, device, width, seed, dtype, example=x[:, :2],
                           make_neuron=make_neuron)
     loss = loss_of(model, runner, x, y, amp=False)
