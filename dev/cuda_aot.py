@@ -40,21 +40,42 @@ def nvcc_command(arch: int, out: str, csrc: str = CSRC):
 _CUBINS = {}
 
 
+def compile_cubins(archs, csrc: str = CSRC):
+    """Compile csrc/clif_cuda_kernels.cu for every arch of `archs` not compiled yet in this
+    process, the nvcc runs side by side (each is one thread for most of its time)."""
+    todo = [a for a in dict.fromkeys(archs) if (a, os.path.abspath(csrc)) not in _CUBINS]
+    if not todo:
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        runs = []
+        for arch in todo:
+            out = os.path.join(tmp, f"clif_cuda_{arch}.cubin")
+            cmd = nvcc_command(arch, out, csrc)
+            cmd[cmd.index("-c")] = "-cubin"
+            # stderr (ptxas -v) to a file: a pipe nobody reads while the others run can fill up.
+            err = open(os.path.join(tmp, f"nvcc_{arch}.log"), "w+")
+            runs.append((arch, out, err, subprocess.Popen(cmd, stdout=subprocess.DEVNULL,
+                                                          stderr=err, text=True)))
+        failed = []
+        for arch, out, err, proc in runs:
+            proc.wait()
+            err.seek(0)
+            report = err.read()
+            err.close()
+            if proc.returncode != 0:
+                failed.append(f"nvcc failed for sm_{arch}:\n{report[-4000:]}")
+                continue
+            with open(out, "rb") as f:
+                _CUBINS[(arch, os.path.abspath(csrc))] = (f.read(), report)
+        if failed:
+            raise RuntimeError("\n".join(failed))
+
+
 def compile_cubin(arch: int, csrc: str = CSRC):
     """(cubin bytes, ptxas -v report) of csrc/clif_cuda_kernels.cu for sm_<arch>, compiled once
     per process and folder (the spill check and the cost model read the same compile)."""
-    key = (arch, os.path.abspath(csrc))
-    if key not in _CUBINS:
-        with tempfile.TemporaryDirectory() as tmp:
-            out = os.path.join(tmp, "clif_cuda.cubin")
-            cmd = nvcc_command(arch, out, csrc)
-            cmd[cmd.index("-c")] = "-cubin"
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            if proc.returncode != 0:
-                raise RuntimeError(f"nvcc failed for sm_{arch}:\n{proc.stderr[-4000:]}")
-            with open(out, "rb") as f:
-                _CUBINS[key] = (f.read(), proc.stderr)
-    return _CUBINS[key]
+    compile_cubins([arch], csrc)
+    return _CUBINS[(arch, os.path.abspath(csrc))]
 
 
 def compile_report(arch: int, csrc: str = CSRC):
@@ -84,7 +105,9 @@ def _demangle(name):
 
 def main(argv):
     status = 0
-    for arch in [int(a) for a in argv] or [90, 80]:
+    archs = [int(a) for a in argv] or [90, 80]
+    compile_cubins(archs)
+    for arch in archs:
         rows = compile_report(arch)
         for kernel, regs, st, ld in rows:
             short = kernel.replace("(anonymous namespace)::", "").replace("void ", "")

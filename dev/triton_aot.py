@@ -2,7 +2,9 @@
 
 The interpreter accepts programs that the real compiler rejects (wrong layouts, bad casts,
 unsupported ops), so CI compiles every branch of both kernels for sm_90 and sm_80 here.
-Run as `python -m dev.triton_aot 90 80`; it must not run under TRITON_INTERPRET=1.
+Run as `python -m dev.triton_aot [--aligned] 90 80`; it must not run under TRITON_INTERPRET=1.
+`--aligned` compiles as the JIT does for 16-byte aligned tensors with N % 16 == 0 (Triton >= 3.3),
+the variants the cost model reads; without it, as for any other tensors.
 """
 from __future__ import annotations
 
@@ -173,10 +175,10 @@ def compiled_variants(arch: int, aligned: bool = False, fold: bool = False):
                                                           options={"num_warps": warps}), warps
 
 
-def compile_all(arch: int):
+def compile_all(arch: int, aligned: bool = False):
     """Compile every variant for sm_<arch>; returns rows (kernel, dtype, flags, regs, stack)."""
     rows = []
-    for fn, ce, dtype, ckpt_dtype, kernel, _ in compiled_variants(arch, fold=True):
+    for fn, ce, dtype, ckpt_dtype, kernel, _ in compiled_variants(arch, aligned, fold=True):
         usage = _resource_usage(kernel.asm["cubin"]) or (None, None)
         flags = ",".join(k for k, v in ce.items() if v is True)
         if "SURROGATE" in ce:
@@ -190,12 +192,17 @@ def compile_all(arch: int):
 def main(argv):
     if os.environ.get("TRITON_INTERPRET") == "1":
         sys.exit("run without TRITON_INTERPRET=1: the interpreter does not compile")
-    for arch in [int(a) for a in argv] or [90, 80]:
-        rows = compile_all(arch)
+    aligned = "--aligned" in argv
+    archs = [a for a in argv if a != "--aligned"]
+    bad = [a for a in archs if not a.isdigit()]
+    if bad:
+        sys.exit(f"usage: python -m dev.triton_aot [--aligned] [ARCH ...]; not an arch: {bad}")
+    for arch in [int(a) for a in archs] or [90, 80]:
+        rows = compile_all(arch, aligned)
         worst = max((r[3] or 0) for r in rows)
         stack = max((r[4] or 0) for r in rows)
-        print(f"sm_{arch}: compiled {len(rows)} kernels; at most {worst} registers per thread, "
-              f"at most {stack} bytes of stack")
+        print(f"sm_{arch}{' (aligned)' if aligned else ''}: compiled {len(rows)} kernels; at "
+              f"most {worst} registers per thread, at most {stack} bytes of stack")
 
 
 if __name__ == "__main__":

@@ -77,25 +77,70 @@ IN_FLIGHT = {"fp32": 96, "bf16": 48, "fp16": 48}  # bytes per thread at the firs
 SHARE = {"fp32": 0.85, "bf16": 0.70}  # forward + backward, of the copy bandwidth
 
 
-@pytest.fixture(scope="module")
-def cuda_rows():
-    return cost_model.cuda_rows(90)  # the compile test_cuda_compile made, if it ran first
+def _selected(request, test):
+    """Whether this session runs a test that `test(item)` picks."""
+    return any(test(item) for item in request.session.items)
 
 
 @pytest.fixture(scope="module")
-def triton_rows(tmp_path_factory):
-    pytest.importorskip("triton")
-    import inspect
-    from triton.compiler import ASTSource
+def cuda_rows(request):
+    from dev import cuda_aot
+    # sm_80 beside sm_90 when tests/test_cuda_compile.py runs too (in this process, later: it
+    # reads both compiles); each nvcc is one thread for most of its time.
+    archs = [90]
+    if _selected(request, lambda item: item.path.name == "test_cuda_compile.py"):
+        archs.append(80)
+    cuda_aot.compile_cubins(archs)
+    return cost_model.cuda_rows(90)
+
+
+def _triton_unavailable():
+    try:
+        import triton  # noqa: F401
+        import inspect
+        from triton.compiler import ASTSource
+    except ImportError as e:
+        return f"needs triton ({e})"
     if "constexprs" not in inspect.signature(ASTSource).parameters:
-        pytest.skip("the model compiles aligned variants, which need Triton >= 3.3")
+        return "the model compiles aligned variants, which need Triton >= 3.3"
+    return None
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _triton_model(request, tmp_path_factory):
+    """The model of the Triton kernels, started in a process of its own as this module starts
+    (when a selected test needs it), so that its compile runs beside the CUDA compile of the
+    tests before it. Yields (process, csv path, log) or the reason it cannot run."""
+    if not _selected(request, lambda item: item.path == request.path
+                     and "triton_rows" in getattr(item, "fixturenames", ())):
+        yield "no selected test needs it"
+        return
+    why = _triton_unavailable()
+    if why:
+        yield why
+        return
     # Compiled in a process without the interpreter, which the tests switch on.
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    out = tmp_path_factory.mktemp("model") / "triton.csv"
-    proc = subprocess.run([sys.executable, "-m", "dev.cost_model", "--only",
-                           "triton", "--csv", str(out)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    tmp = tmp_path_factory.mktemp("model")
+    out, log = tmp / "triton.csv", open(tmp / "triton.log", "w+")
+    proc = subprocess.Popen([sys.executable, "-m", "dev.cost_model", "--only", "triton",
+                             "--csv", str(out)], cwd=ROOT, env=env, stdout=log,
+                            stderr=subprocess.STDOUT, text=True)
+    yield proc, out, log
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def triton_rows(_triton_model):
+    if isinstance(_triton_model, str):
+        pytest.skip(_triton_model)
+    proc, out, log = _triton_model
+    proc.wait(timeout=900)
+    log.seek(0)
+    assert proc.returncode == 0, log.read()[-5000:]
     with open(out) as f:
         rows = [{k: _number(v) for k, v in r.items()} for r in csv.DictReader(f)]
     for r in rows:
