@@ -14,7 +14,7 @@ import subprocess
 
 CPU_SOURCES = (
     "clif_ops.cpp", "clif_autograd.cpp", "clif_cpu.cpp", "clif_cpu_avx512.cpp",
-    "clif_cpu_cache.cpp")
+    "clif_cpu_avx512_bwd.cpp", "clif_cpu_cache.cpp")
 CUDA_SOURCES = ("clif_cuda.cpp", "clif_cuda_kernels.cu")
 # No -std: torch adds the standard its headers need (C++17 up to 2.x, C++20 later).
 # -fopenmp: at::parallel_for is OpenMP in the headers, and the lane loops use `omp simd`.

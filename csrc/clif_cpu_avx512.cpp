@@ -3,6 +3,10 @@
 // (clif_simd.h): 128 neurons per group, reset mode and store kind as template constants.
 // benchmarks/NOTES.md has what each step of this build bought.
 //
+// This file is compiled twice: as itself it holds the forward (and cpu_has_avx512()); included by
+// clif_cpu_avx512_bwd.cpp with CLIF_AVX512_BWD set to 1, the backward. Each half is about half
+// of what was the extension's longest compile, and the two build in parallel.
+//
 // The core is included inside an anonymous namespace, so every function it defines is private to
 // this file and the linker cannot merge one with its baseline copy from clif_cpu.cpp (which must
 // run on processors without AVX-512). The standard headers it uses are included first, outside
@@ -15,6 +19,11 @@
 
 #include "clif_cpu_isa.h"
 
+#ifndef CLIF_AVX512_BWD
+#define CLIF_AVX512_BWD 0
+#endif
+
+#if !CLIF_AVX512_BWD
 bool clif::cpu_has_avx512() {
 #if defined(__x86_64__) && defined(__GNUC__)
   // libgcc's feature bits include the OS's support for the 512-bit register state (XCR0).
@@ -25,6 +34,7 @@ bool clif::cpu_has_avx512() {
   return false;
 #endif
 }
+#endif  // !CLIF_AVX512_BWD
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
@@ -121,21 +131,26 @@ void dispatch(const Params<float>& p, const GroupData<float>& data, clif::CpuSto
 
 }  // namespace
 
+#if !CLIF_AVX512_BWD
 void clif::clif_fwd_avx512(const Params<float>& p, const GroupData<float>& data,
                            CpuStorage storage, int64_t g_begin, int64_t g_end) {
   dispatch<false>(p, data, storage, g_begin, g_end);
 }
-
+#else
 void clif::clif_bwd_avx512(const Params<float>& p, const GroupData<float>& data,
                            CpuStorage storage, int64_t g_begin, int64_t g_end) {
   dispatch<true>(p, data, storage, g_begin, g_end);
 }
+#endif
 
 #pragma GCC pop_options
 #else
 // Not an x86-64 GCC/Clang build: cpu_has_avx512() is false and these are never called.
+#if !CLIF_AVX512_BWD
 void clif::clif_fwd_avx512(const Params<float>&, const GroupData<float>&, CpuStorage, int64_t,
                            int64_t) {}
+#else
 void clif::clif_bwd_avx512(const Params<float>&, const GroupData<float>&, CpuStorage, int64_t,
                            int64_t) {}
+#endif
 #endif
