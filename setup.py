@@ -76,7 +76,8 @@ def _torch_build_ext():
                 exts.append(CUDAExtension(
                     "clif_kernels._C_cuda", _src(cfg["CUDA_SOURCES"]),
                     include_dirs=[CSRC] + cfg["nvidia_include_dirs"](),
-                    extra_compile_args={"cxx": ["-O3"], "nvcc": cfg["NVCC_FLAGS"]}))
+                    extra_compile_args={"cxx": cfg["CUDA_HOST_FLAGS"],
+                                        "nvcc": cfg["NVCC_FLAGS"]}))
             super().finalize_options()
 
         def run(self):

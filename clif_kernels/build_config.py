@@ -20,7 +20,12 @@ CUDA_SOURCES = ("clif_cuda.cpp", "clif_cuda_kernels.cu")
 # -fopenmp: at::parallel_for is OpenMP in the headers, and the lane loops use `omp simd`.
 # -fno-trapping-math: lets GCC if-convert the kernel's selects and so vectorise the lane loops;
 # the code never reads floating-point exception flags. Rounding is unchanged.
-CXX_FLAGS = ["-O3", "-fopenmp", "-fno-trapping-math"]
+# -g0: Python's own CFLAGS, which setuptools puts first, often carry -g; debug information for
+# the kernels' many template instances is a large part of the build's time and most of the
+# library's size (benchmarks/NOTES.md). It does not change the generated code.
+CXX_FLAGS = ["-O3", "-fopenmp", "-fno-trapping-math", "-g0"]
+# The CUDA extension's host file (the kernels are nvcc's).
+CUDA_HOST_FLAGS = ["-O3", "-g0"]
 LINK_FLAGS = ["-fopenmp"]
 NVCC_FLAGS = ["-O3", "--expt-relaxed-constexpr"]
 
