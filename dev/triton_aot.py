@@ -147,9 +147,14 @@ def _resource_usage(cubin: bytes):
     return regs, spill
 
 
+def can_align() -> bool:
+    """Whether this Triton compiles aligned variants (>= 3.3, which renamed ASTSource's
+    `constants` to `constexprs` and takes the divisibility attributes)."""
+    return "constexprs" in inspect.signature(ASTSource).parameters
+
+
 def _source(fn, signature, constexprs, aligned=False):
-    # Triton 3.3 renamed ASTSource's `constants` to `constexprs`.
-    if "constexprs" in inspect.signature(ASTSource).parameters:
+    if can_align():
         attrs = None
         if aligned:
             # What the JIT specialises on for 16-byte aligned tensors and N % 16 == 0 (the
